@@ -93,14 +93,18 @@ def _param_table(sym) -> str:
     for r in rows: out += [f'* - {r[0]}'] + [f'  - {c}' for c in r[1:]]
     return '\n'.join(out + ['```'])
 
-def api_entry(sym, name: str, cfg, level: int = 3, src: str | None = None) -> str:
+def api_label(name: str, cfg) -> str: return f"{cfg.get('lib_name', 'metanb')}-api-{name.lower()}"
+
+def api_entry(sym, name: str, cfg, level: int = 3, src: str | None = None, label: bool = False) -> str:
     "Markdown for one API reference entry: heading, source link, signature, docstring, parameter table."
     from fastcore.docments import MarkdownRenderer
-    head = f"{'#'*level} {name}\n"  # myst_heading_anchors gives it the id `top_eigenvalue`, as nbdev's links expect
+    label = f"({api_label(name, cfg)})=\n" if label else ''  # the target of `name` links from any page
+    head = f"{label}{'#'*level} {name}\n"  # myst_heading_anchors also gives it the id `top_eigenvalue`, as nbdev's links expect
     if src is not None: body = f'```python\n{src}\n```'  # a constant or type alias: its definition
     else:
         body = MarkdownRenderer(sym, name=name, title_level=level)._repr_markdown_()
-        if inspect.isclass(inspect.unwrap(sym)): body = body.replace('```python\ndef ', '```python\nclass ', 1)
+        if inspect.isclass(inspect.unwrap(sym)):  # fastcore writes `def C(...)->None:` for a class
+            body = body.replace('```python\ndef ', '```python\nclass ', 1).replace(')->None:\n```', '):\n```', 1)
         table = _param_table(sym)
         if table: body += '\n\n' + table
     link = _source_link(sym, cfg) if src is None else ''
@@ -124,6 +128,32 @@ def _defs(source: str) -> list[tuple[str, str, object]]:
             out += [('assign', t.id, node) for t in tgts if isinstance(t, ast.Name)]
     return out
 
+_re_fence = re.compile(r'^\s*(`{3,}|~{3,})')
+
+def linkify(md: str, names: dict, modules: dict, here: str, cfg) -> str:
+    """Turn `name`, `name()`, `metanb.mod.name` into links to their API entries and `metanb.mod` into a link to
+    its page, as nbdev does; code blocks and headings are left alone. `here` is the current page's name."""
+    if not names and not modules: return md
+    lib = re.escape(cfg.get('lib_name', 'metanb'))
+    alts = '|'.join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or '(?!)'
+    pat = re.compile(r'(?<![\[\w`])`((?:' + lib + r'(?:\.\w+)*\.)?(' + alts + r')(\(\))?|' + lib + r'(?:\.\w+)+)`(?![`\]])')
+    def _sub(m):
+        whole, nm = m.group(1), m.group(2)
+        if nm: return f'[`{whole}`](#{api_label(nm, cfg)})'
+        page = modules.get(whole)
+        if page is None: return m.group(0)
+        return f'[`{whole}`]({os.path.relpath(page, os.path.dirname(here) or ".").replace(os.sep, "/")}.ipynb)'
+    out, fence = [], None
+    for line in md.split('\n'):
+        f = _re_fence.match(line)
+        if f:
+            if fence is None: fence = f.group(1)
+            elif f.group(1).startswith(fence[0]) and len(f.group(1)) >= len(fence): fence = None
+            out.append(line); continue
+        if fence is None and not line.lstrip().startswith('#') and not line.startswith('('): line = pat.sub(_sub, line)
+        out.append(line)
+    return '\n'.join(out)
+
 # ---------------------------------------------------------------------------------------------
 # Notebook processing (nbdev's processors plus the directives Quarto would honour)
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +166,7 @@ class Page:
         self.path, self.nbs, self.cfg, self.pages = path, nbs, cfg, pages
         self.rel = path.relative_to(nbs)
         self.name = page_name(self.rel)
-        self.title, self.missing = self.name, []
+        self.title, self.registry, self.module = self.name, {}, None
 
     def _link(self, m):
         "Rewrite a relative link to a notebook (`05_hessian.ipynb`, `hessian.html`) to its page's source."
@@ -162,7 +192,14 @@ class Page:
             src = '\n'.join(lines)
         return src
 
-    def process(self, module_cache: dict, execute: bool = False) -> dict:
+    def _entry(self, sym, name, **kw) -> str:
+        "An API entry; the first page to document `name` gets its link target."
+        first = name not in self.registry
+        if first: self.registry[name] = self.name
+        return api_entry(sym, name, self.cfg, label=first, **kw)
+
+    def process(self, module_cache: dict, registry: dict, execute: bool = False) -> dict:
+        self.registry = registry
         from nbdev.process import NBProcessor
         from nbdev.processors import _default_exp
         proc = NBProcessor(self.path, procs=[])
@@ -177,7 +214,7 @@ class Page:
                 except Exception as e:
                     raise SystemExit(f'{self.rel}: cannot import its module {full} to render the API reference ({e!r}); '
                                      'run `nbdev_export` and fix the import error') from e
-            mod = module_cache[full]
+            mod, self.module = module_cache[full], full
         cells, shown, self.origin = [], set(), []
         public = list(getattr(mod, '__all__', []) or []) if mod else []
         first_md = next((i for i, c in enumerate(nb.cells) if c.cell_type == 'markdown'), None)
@@ -189,7 +226,7 @@ class Page:
             if rest:
                 cells.append({'cell_type': 'markdown', 'metadata': {}, 'source': '## Also exported'})
                 for n in rest:
-                    cells.append({'cell_type': 'markdown', 'metadata': {}, 'source': api_entry(getattr(mod, n), n, self.cfg)})
+                    cells.append({'cell_type': 'markdown', 'metadata': {}, 'source': self._entry(getattr(mod, n), n)})
                     shown.add(n)
                 self.origin += [None] * (len(rest) + 1)
         nbd = {'cells': cells, 'nbformat': 4, 'nbformat_minor': 5,
@@ -256,12 +293,12 @@ class Page:
                 cls, meth = nm.split('.', 1)
                 sym = getattr(getattr(mod, cls, None), meth, None)
                 if sym is None or meth.startswith('_'): continue
-                flush(); out.append(api_entry(sym, nm, self.cfg)); shown.add(nm); continue
+                flush(); out.append(self._entry(sym, nm)); shown.add(nm); continue
             if nm not in public: continue
             if kind == 'assign':
                 seg = ast.get_source_segment(src, node)
                 consts.append((nm, seg))
-            else: flush(); out.append(api_entry(getattr(mod, nm), nm, self.cfg))
+            else: flush(); out.append(self._entry(getattr(mod, nm), nm))
             shown.add(nm)
         flush()
         return [{'cell_type': 'markdown', 'metadata': {}, 'source': s} for s in out]
@@ -275,7 +312,7 @@ class Page:
             except Exception: return []
             nm = re.search(r"name\s*=\s*['\"]([^'\"]+)", expr)
             nm = nm.group(1) if nm else arg
-            out.append(api_entry(sym, nm, self.cfg, level=4 if '.' in nm else 3)); shown.add(nm)
+            out.append(self._entry(sym, nm, level=4 if '.' in nm else 3)); shown.add(nm)
         return [{'cell_type': 'markdown', 'metadata': {}, 'source': s} for s in out]
 
 def _execute(nb, path: Path, cfg):
@@ -375,11 +412,12 @@ def build(out: Path | None = None, execute: bool = False, if_stale: bool = False
     if 'index' not in pages: raise SystemExit(f'{nbs}/index.ipynb is missing: it is the home page')
     with tempfile.TemporaryDirectory(prefix='metanb-docs-') as tmp:
         tmp = Path(tmp); src = tmp/'src'; src.mkdir()
-        mods, nav, by_name, n = {}, {}, {}, 0
+        mods, nav, by_name, registry, modpages, n = {}, {}, {}, {}, {}, 0
         for sec, paths in secs.items():
             for p in paths:
                 pg = Page(p, nbs, cfg, pages)
-                nbd = pg.process(mods, execute=execute)
+                nbd = pg.process(mods, registry, execute=execute)
+                if pg.module: modpages.setdefault(pg.module, pg.name)
                 dest = src/f'{pg.name}.ipynb'; dest.parent.mkdir(parents=True, exist_ok=True)
                 nav.setdefault(sec, []).append((pg.name, nbd)); by_name[pg.name] = pg
                 n += 1
@@ -393,6 +431,8 @@ def build(out: Path | None = None, execute: bool = False, if_stale: bool = False
         index_nb['cells'].append({'cell_type': 'markdown', 'metadata': {}, 'source': '\n\n'.join(trees), 'id': 'toc'})
         for items in nav.values():
             for nm, nbd in items:
+                for c in nbd['cells']:
+                    if c['cell_type'] == 'markdown': c['source'] = linkify(c['source'], registry, modpages, nm, cfg)
                 (src/f'{nm}.ipynb').write_text(json.dumps(nbd, indent=1), encoding='utf-8')
         for f in nbs.rglob('*'):  # images that markdown cells refer to by relative path
             if f.suffix.lower() in MEDIA and f.is_file() and _visible(f, nbs):
