@@ -14,7 +14,7 @@ wheel into the site, so pages render maths with no network; Sphinx's search inde
 Pages are named as nbdev names them (`nbs/05_hessian.ipynb` -> `hessian.html`).
 """
 from __future__ import annotations
-import argparse, ast, hashlib, importlib, inspect, io, json, os, re, shutil, sys, tempfile, time, warnings
+import argparse, ast, contextlib, hashlib, importlib, inspect, io, json, os, re, shutil, sys, tempfile, time, warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -390,14 +390,29 @@ def _mathjax_dir() -> Path:
     if not (d/'tex-chtml-full.js').exists(): raise SystemExit(f'MathJax not found under {d}: reinstall django-static-mathjax')
     return d
 
+@contextlib.contextmanager
+def _lock():
+    "One build of this checkout at a time (two pytest-xdist workers, or a test beside `.ci/docs`)."
+    try: import fcntl
+    except ImportError: yield; return
+    path = Path(tempfile.gettempdir())/f'metanb-docs-{hashlib.sha1(str(ROOT).encode()).hexdigest()[:12]}.lock'
+    with open(path, 'w') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
 def build(out: Path | None = None, execute: bool = False, if_stale: bool = False, strict: bool = False,
           quiet: bool = False, verbose: bool = False) -> Path:
-    "Build the site into `out` (default: settings.ini's doc_path, `_docs`); returns the output folder."
-    os.chdir(ROOT)
+    "Build the site into `out` (default: settings.ini's doc_path, `_docs`); returns the output folder (absolute)."
+    from fastcore.xtras import working_directory
+    out = None if out is None else Path(out).resolve()
+    with working_directory(ROOT), _lock(): return _build(out, execute, if_stale, strict, quiet, verbose)
+
+def _build(out, execute, if_stale, strict, quiet, verbose) -> Path:
     from nbdev.config import get_config
     cfg = get_config()
     nbs = Path(cfg.nbs_path)
-    out = Path(out or cfg.doc_path)
+    out = Path(out or cfg.doc_path).resolve()
     fp = _fingerprint(nbs, execute)
     if if_stale and (out/STAMP).exists():
         try:
@@ -458,10 +473,14 @@ def build(out: Path | None = None, execute: bool = False, if_stale: bool = False
         if errs: raise SystemExit(f'the docs build reported the {len(errs)} error(s) above')
         if strict and warns: raise SystemExit(f'--strict: the docs build gave the {len(warns)} warning(s) above; fix them in the notebooks named')
         for f in (html/'_static').rglob('*.html'): f.unlink()  # the themes' Jinja macro files: not pages
+        if (html/'_sources').is_dir() and not any((html/'_sources').iterdir()): (html/'_sources').rmdir()
         (html/'.nojekyll').write_text('')
         (html/STAMP).write_text(json.dumps({'inputs': fp, 'pages': n, 'execute': execute}))
-        if out.exists(): shutil.rmtree(out)
-        shutil.copytree(html, out)
+        new, old = out.with_name(out.name + '.new'), out.with_name(out.name + '.old')
+        for d in (new, old): shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(html, new)
+        if out.exists(): out.rename(old)   # swap, so a server never sees a half-written site
+        new.rename(out); shutil.rmtree(old, ignore_errors=True)
     if not quiet: print(f'built {n} pages into {out}/ in {time.time()-t0:.1f} s'
                         + (f' ({len(warns)} warnings above)' if warns else ''))
     return out
