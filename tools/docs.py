@@ -166,7 +166,7 @@ class Page:
         self.path, self.nbs, self.cfg, self.pages = path, nbs, cfg, pages
         self.rel = path.relative_to(nbs)
         self.name = page_name(self.rel)
-        self.title, self.registry, self.module = self.name, {}, None
+        self.registry, self.module = {}, None
 
     def _link(self, m):
         "Rewrite a relative link to a notebook (`05_hessian.ipynb`, `hessian.html`) to its page's source."
@@ -183,13 +183,11 @@ class Page:
     def markdown(self, src: str, first: bool) -> str:
         src = _re_callout.sub(lambda m: f'{m.group(1)}:::{{{m.group(2)}}}', src)
         src = _re_nblink.sub(self._link, src)
-        if first:  # nbdev's title cell: `# title` + `> subtitle`
-            lines = src.splitlines()
-            for i, l in enumerate(lines):
-                if l.startswith('# ') and self.title == self.name: self.title = l[2:].strip()
-                elif l.startswith('> ') and i > 0:
-                    lines[i] = '{.subtitle}\n' + l[2:].strip()
-            src = '\n'.join(lines)
+        if first:  # nbdev's title cell: `# title` then `> subtitle` (one or more `>` lines)
+            m = re.match(r'\s*# (.+)\n(?:\s*\n)*((?:>[^\n]*(?:\n|$))+)', src)
+            if m:
+                sub = ' '.join(l.lstrip('>').strip() for l in m.group(2).splitlines())
+                src = f'# {m.group(1).strip()}\n\n{{.subtitle}}\n{sub}\n' + src[m.end():]
         return src
 
     def _entry(self, sym, name, **kw) -> str:
@@ -229,6 +227,9 @@ class Page:
                     cells.append({'cell_type': 'markdown', 'metadata': {}, 'source': self._entry(getattr(mod, n), n)})
                     shown.add(n)
                 self.origin += [None] * (len(rest) + 1)
+        if not any(c['cell_type'] == 'markdown' and re.search(r'^# \S', c['source'], re.M) for c in cells):
+            cells.insert(0, {'cell_type': 'markdown', 'metadata': {}, 'source': f'# {Path(self.name).name}'})  # a page needs a title
+            self.origin.insert(0, None)
         nbd = {'cells': cells, 'nbformat': 4, 'nbformat_minor': 5,
                'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'},
                             'language_info': {'name': 'python', 'pygments_lexer': 'ipython3'}}}
