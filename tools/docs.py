@@ -93,6 +93,8 @@ def _param_table(sym) -> str:
     for r in rows: out += [f'* - {r[0]}'] + [f'  - {c}' for c in r[1:]]
     return '\n'.join(out + ['```'])
 
+API_WARNINGS: list[str] = []  # problems met while rendering API entries (reported with Sphinx's warnings)
+
 def api_label(name: str, cfg) -> str: return f"{cfg.get('lib_name', 'metanb')}-api-{name.lower()}"
 
 def api_entry(sym, name: str, cfg, level: int = 3, src: str | None = None, label: bool = False) -> str:
@@ -102,7 +104,13 @@ def api_entry(sym, name: str, cfg, level: int = 3, src: str | None = None, label
     head = f"{label}{'#'*level} {name}\n"  # myst_heading_anchors also gives it the id `top_eigenvalue`, as nbdev's links expect
     if src is not None: body = f'```python\n{src}\n```'  # a constant or type alias: its definition
     else:
-        body = MarkdownRenderer(sym, name=name, title_level=level)._repr_markdown_()
+        try: body = MarkdownRenderer(sym, name=name, title_level=level)._repr_markdown_()
+        except Exception as e:  # e.g. source unavailable: signature and docstring without the inline comments
+            API_WARNINGS.append(f'WARNING: API entry for {name}: show_doc failed ({type(e).__name__}: {e}); plain signature used')
+            try: sig = f'{name.rsplit(".", 1)[-1]}{inspect.signature(sym)}'
+            except (TypeError, ValueError): sig = name
+            doc = inspect.getdoc(sym) or ''
+            body = f'```python\ndef {sig}:\n```' + (f'\n\n*{doc.splitlines()[0]}*' if doc else '')
         if inspect.isclass(inspect.unwrap(sym)):  # fastcore writes `def C(...)->None:` for a class
             body = body.replace('```python\ndef ', '```python\nclass ', 1).replace(')->None:\n```', '):\n```', 1)
         table = _param_table(sym)
@@ -422,6 +430,7 @@ def _build(out, execute, if_stale, strict, quiet, verbose) -> Path:
                 return out
         except (ValueError, KeyError): pass
     t0 = time.time()
+    API_WARNINGS.clear()
     os.environ.setdefault('MPLBACKEND', 'Agg')
     secs = discover(nbs)
     pages = {page_name(p.relative_to(nbs)): page_name(p.relative_to(nbs)) for ps in secs.values() for p in ps}
@@ -468,7 +477,7 @@ def _build(out, execute, if_stale, strict, quiet, verbose) -> Path:
             version=cfg.get('version', ''), git_url=cfg.get('git_url', ''), branch=cfg.get('branch', 'main'),
             baseurl=baseurl), encoding='utf-8')
         html = tmp/'html'
-        warns = [_where(w, src, by_name) for w in _sphinx(src, html, tmp/'doctrees', verbose)]
+        warns = API_WARNINGS + [_where(w, src, by_name) for w in _sphinx(src, html, tmp/'doctrees', verbose)]
         if warns: print('\n'.join(warns), file=sys.stderr)
         errs = [w for w in warns if re.search(r'\b(ERROR|CRITICAL|SEVERE)\b', w)]
         if errs: raise SystemExit(f'the docs build reported the {len(errs)} error(s) above')
