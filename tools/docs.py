@@ -222,6 +222,9 @@ class Page:
                                      'run `nbdev_export` and fix the import error') from e
             mod, self.module = module_cache[full], full
         cells, shown, self.origin = [], set(), []
+        # as nbdev's add_show_docs: a name with its own `show_doc(name)` cell gets no automatic entry
+        self.explicit = {m.split(',')[0].strip() for c in nb.cells if c.cell_type == 'code'
+                         for m in re.findall(r'^show_doc\(([^\n]*)\)\s*$', c.source, re.M)}
         public = list(getattr(mod, '__all__', []) or []) if mod else []
         first_md = next((i for i, c in enumerate(nb.cells) if c.cell_type == 'markdown'), None)
         for i, c in enumerate(nb.cells):
@@ -297,7 +300,7 @@ class Page:
             out.append(f'{anchors}\n\n:::{{container}} api-entry api-constants\n```python\n{code}\n```\n:::\n')
             consts.clear()
         for kind, nm, node in _defs(src):
-            if nm in shown: continue
+            if nm in shown or nm in self.explicit: continue
             if kind == 'patch':
                 cls, meth = nm.split('.', 1)
                 sym = getattr(getattr(mod, cls, None), meth, None)
