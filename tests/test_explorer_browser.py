@@ -66,6 +66,10 @@ def _src(img) -> str: return img.get_attribute('src') or ''
 
 _HASH = """async img => { const b = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
     let h = 2166136261; for (const x of b) h = Math.imul(h ^ x, 16777619) >>> 0; return `${b.length}:${h}`; }"""
+_WATCH_PROGRESS = """() => { window.__metanbSawProgress = false; const box = document.querySelector('.metanb-progress');
+    const look = () => { if (getComputedStyle(box).visibility === 'visible' && box.innerText.includes('computing')) window.__metanbSawProgress = true; };
+    new MutationObserver(look).observe(box, {attributes: true, childList: true, subtree: true, characterData: true}); }"""
+
 def _bytes_hash(img) -> str:
     "Length and FNV-1a hash of the PNG an <img> shows (its blob fetched in the page)."
     return img.evaluate(_HASH)
@@ -90,6 +94,7 @@ def test_explorer_in_jupyterlab(tmp_path):
                           measures_png=_bytes_hash(measures), slice_png=_bytes_hash(slice_))
             assert before['step'].startswith('step 0'), f'the explorer should open at step 0, it shows {before["step"]!r}'
 
+            page.evaluate(_WATCH_PROGRESS)                             # remember whether the progress bar shows
             handle = ex.locator('.metanb-step-slider .noUi-handle')
             handle.focus(); page.keyboard.press('ArrowRight')          # the keyboard moves the slider one checkpoint
             page.wait_for_function("!document.querySelector('.metanb-step').innerText.startsWith('step 0')", timeout=30_000)
@@ -99,6 +104,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             assert after['step'].startswith('step 10'), f'after ArrowRight the explorer shows {after["step"]!r}'
             assert after['measures_png'] != before['measures_png'], 'the measures panel did not change with the checkpoint'
             assert after['slice_png'] != before['slice_png'], 'the slice panel did not change with the checkpoint'
+            assert page.evaluate('window.__metanbSawProgress'), 'no progress indicator showed while the new slice was computed'
             assert ex.locator('.metanb-errors').inner_text().strip() == '', 'the explorer shows an error'
             assert page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]').count() == 0
 
