@@ -33,7 +33,8 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
         time.sleep(0.05)
     os.kill(p.pid, signal.SIGKILL); p.wait()
     at_kill = list_checkpoints(killed)
-    assert p.returncode == -signal.SIGKILL and at_kill[-1] < CFG['meta_iters'], at_kill
+    assert p.returncode == -signal.SIGKILL, p.returncode
+    assert at_kill[-1] < CFG['meta_iters'], f"the run had finished before the kill: {at_kill}"
     finish(launch(killed))                    # restart: resumes from the latest checkpoint
     finish(ref)
     a, b = load_checkpoint(killed), load_checkpoint(clean)
@@ -42,9 +43,11 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
     for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
         for k in sb: assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), k
     la, lb = read_log(killed), read_log(clean)
-    assert la.step.tolist() == lb.step.tolist() == list(range(CFG['meta_iters'] + 1))
+    assert la.step.tolist() == list(range(CFG['meta_iters'] + 1)), f"resumed log rows: {la.step.tolist()}"
+    assert lb.step.tolist() == list(range(CFG['meta_iters'] + 1)), f"uninterrupted log rows: {lb.step.tolist()}"
     assert la.loss.equals(lb.loss) and la.val_loss.equals(lb.val_loss)
     assert list_checkpoints(killed) == list_checkpoints(clean)
+    assert not list((killed/'checkpoints').glob('.*.tmp')), "temporary files of the killed write were not cleaned up"
 
 def test_nan_inner_lr_names_step_and_cause(tmp_path):
     cfg = TrainConfig(**{**CFG, 'inner_lr': 1e30, 'meta_iters': 20, 'val_every': 0})
