@@ -129,22 +129,19 @@ def _rank_checks(model, params, tasks, kw, runs):
             out['analysis'] = analyse_run_distributed(runs['two'], AnalysisConfig(**runs['cfg']), steps_only=runs['steps'], progress=False, log=None)
     return out
 
-def _analysis_setup(tmp_path, reference):
-    "Two copies of the reference run (same folder name, so the same tables) and small analysis settings."
+def _analysis_setup(tmp_path):
+    "A short float64 run in two copies (same folder name, so the same tables), and small analysis settings."
     try: import metanb.analysis  # noqa: F401
     except ImportError as e: return None, f"metanb.analysis is not importable yet ({e})"
-    dirs = {}
-    for k in ('one', 'two'):
-        d = tmp_path/k/'run'; (d/'checkpoints').mkdir(parents=True)
-        shutil.copy(reference/'config.json', d)
-        for s in (0, 60, 120): shutil.copy(reference/'checkpoints'/f'step_{s:06d}.pt', d/'checkpoints')
-        dirs[k] = str(d)
-    return {**dirs, 'steps': [0, 60, 120], 'cfg': dict(n_tasks=4, max_iter=20, tol=1e-2, n_boot=50, device='cpu', batching='loop')}, None
+    with float64(): train(TrainConfig(**{**CFG, 'meta_iters': 4, 'ckpt_every': 2, 'val_every': 0}), tmp_path/'one'/'run', progress=False)
+    shutil.copytree(tmp_path/'one'/'run', tmp_path/'two'/'run')
+    return {'one': str(tmp_path/'one'/'run'), 'two': str(tmp_path/'two'/'run'), 'steps': [0, 2, 4],
+            'cfg': dict(n_tasks=4, max_iter=20, tol=1e-2, n_boot=50, device='cpu', batching='loop')}, None
 
-def test_launch_collectives_errors_and_analysis(tmp_path, reference):
+def test_launch_collectives_errors_and_analysis(tmp_path):
     model, tasks = tiny_mlp(dtype=torch.float64), sinusoid_batch(5, dtype=torch.float64)   # shares of 3 and 2 tasks
     params, kw = params_of(model, detach=True), dict(steps=2, lr=0.05)
-    runs, why = _analysis_setup(tmp_path, reference)
+    runs, why = _analysis_setup(tmp_path)
     res = launch(2, _rank_checks, model, params, tasks, kw, runs, timeout=300)
     ref, ref_m = meta_grad(model, params, tasks, **kw)
     assert [r['world'] for r in res] == [(0, 2), (1, 2)]
@@ -170,3 +167,17 @@ def test_launch_collectives_errors_and_analysis(tmp_path, reference):
         a, b = np.load(one/f'step_{s:06d}'/'pairwise.npz'), np.load(two/f'step_{s:06d}'/'pairwise.npz')
         assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
     assert res[0]['analysis'][1].equals(res[1]['analysis'][1])
+
+# ---- GPU (skipped without CUDA; run on a GPU machine) -------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs 2 CUDA devices (nccl ranks)')
+def test_nccl_two_gpus_equal_one_process(tmp_path):
+    from metanb.distributed import _meta_grad_on, _train_float64
+    model, tasks = tiny_mlp(dtype=torch.float64), sinusoid_batch(5, dtype=torch.float64)
+    params, kw = params_of(model, detach=True), dict(steps=2, lr=0.05, batching='vmap')
+    ref, _ = meta_grad(model, params, tasks, **kw)
+    for g, _ in launch(2, _meta_grad_on, 'cuda', model, params, tasks, kw, backend='nccl'): assert rel(g, ref) <= 1e-10
+    cfg = {**CFG, 'meta_iters': 20}
+    launch(2, _train_float64, {**cfg, 'device': 'cuda'}, str(tmp_path/'two'), backend='nccl')
+    with float64(): train(TrainConfig(**cfg), tmp_path/'one', progress=False)
+    assert rel(load_checkpoint(tmp_path/'two')['params'], load_checkpoint(tmp_path/'one')['params']) <= 1e-10
