@@ -8,7 +8,7 @@ artifacts/ and shuts the server down (its whole process group). Without Chromium
 (fails when METANB_CI=1); see tests/browser.py.
 """
 from __future__ import annotations
-import contextlib, json, os, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
+import contextlib, json, os, re, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 from browser import chromium_page, screenshot_path
@@ -101,7 +101,7 @@ def test_explorer_in_jupyterlab(tmp_path):
             page.wait_for_function(f"document.querySelector('img.metanb-panel-slice').src !== {json.dumps(before['slice'])}", timeout=60_000)
             after = dict(step=step.inner_text(), measures=_src(measures), slice=_src(slice_),
                          measures_png=_bytes_hash(measures), slice_png=_bytes_hash(slice_))
-            assert after['step'].startswith('step 10'), f'after ArrowRight the explorer shows {after["step"]!r}'
+            assert re.match(r'step [1-9]\d* ', after['step']), f'after ArrowRight the explorer shows {after["step"]!r}'
             assert after['measures_png'] != before['measures_png'], 'the measures panel did not change with the checkpoint'
             assert after['slice_png'] != before['slice_png'], 'the slice panel did not change with the checkpoint'
             assert page.evaluate('window.__metanbSawProgress'), 'no progress indicator showed while the new slice was computed'
