@@ -2,15 +2,16 @@
 error <= 1e-10) and resumes after a SIGKILL of the whole job; the collectives, error propagation and
 the distributed analysis (merged files equal one process's, byte for byte) through `launch`.
 GPU checks (nccl) live in nbs/14_distributed.ipynb behind the `cuda` flag."""
-import json, os, shutil, signal, subprocess, sys, time
+import json, os, re, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest, torch
 from metanb.core import norm, sub, params_of
-from metanb.distributed import (launch, torchrun_command, distributed_meta_grad, run_on_main, in_sync, broadcast_params,
+from metanb.distributed import (launch, train_distributed, torchrun_command, distributed_meta_grad, run_on_main, in_sync, broadcast_params,
                                 all_reduce_metrics, world, shard_indices, check_sharding, analyse_run_distributed)
 from metanb.maml import meta_grad
 from metanb.runs import list_checkpoints, load_checkpoint, read_log
+from metanb.tasks import ImageClasses
 from metanb.testutils import tiny_mlp, sinusoid_batch
 from metanb.train import TrainConfig, train
 
@@ -112,7 +113,18 @@ def test_torchrun_equals_one_process_and_resumes_after_sigkill(tmp_path, referen
 
 # ---- launch: collectives, errors, and the distributed analysis --------------------------------
 
-def _rank_checks(model, params, tasks, kw, runs):
+def image_data() -> ImageClasses:
+    "12 classes x 6 random 12x12 images: enough for 3-way episodes and a Conv4 with 4 filters."
+    g = torch.Generator().manual_seed(0)
+    return ImageClasses((torch.rand(12, 6, 1, 12, 12, generator=g) * 255).to(torch.uint8), [f'c{i}' for i in range(12)],
+                        {'train': list(range(6)), 'val': [6, 7, 8], 'test': [9, 10, 11]})
+
+IMG = dict(dataset='glyphs', n_way=3, shots=1, queries=2, meta_batch=4, inner_lr=0.1, inner_steps_train=1, inner_steps_test=1,
+           meta_iters=4, ckpt_every=2, ckpt_log=None, val_every=2, val_tasks=4, threads=1, model_kwargs={'hidden': 4})
+IMG_VARIANTS = {'coherence': dict(regularizer='coherence_step', reg_strength=0.1, group_size=2),  # a group per rank
+                'finetune': dict(algorithm='finetune')}                                          # rank 0 computes, broadcasts
+
+def _rank_checks(model, params, tasks, kw, runs, img_dir):
     "Run on each of 2 ranks: meta-gradient over uneven shares, error propagation, sync checks, analysis."
     rank, n = world()
     out = {'world': (rank, n)}
@@ -123,6 +135,7 @@ def _rank_checks(model, params, tasks, kw, runs):
     out['in_sync'] = (in_sync(p), in_sync(broadcast_params(p)))
     out['p'] = p
     out['reduced'] = all_reduce_metrics({'rank': float(rank)}, 1.)
+    for k, v in IMG_VARIANTS.items(): train_distributed({**IMG, **v}, f'{img_dir}/{k}-two', progress=False, data=image_data())
     if runs is not None:
         from metanb.analysis import AnalysisConfig
         with float64():
@@ -142,7 +155,7 @@ def test_launch_collectives_errors_and_analysis(tmp_path):
     model, tasks = tiny_mlp(dtype=torch.float64), sinusoid_batch(5, dtype=torch.float64)   # shares of 3 and 2 tasks
     params, kw = params_of(model, detach=True), dict(steps=2, lr=0.05)
     runs, why = _analysis_setup(tmp_path)
-    res = launch(2, _rank_checks, model, params, tasks, kw, runs, timeout=300)
+    res = launch(2, _rank_checks, model, params, tasks, kw, runs, str(tmp_path), timeout=300)
     ref, ref_m = meta_grad(model, params, tasks, **kw)
     assert [r['world'] for r in res] == [(0, 2), (1, 2)]
     for r in res:
@@ -154,6 +167,14 @@ def test_launch_collectives_errors_and_analysis(tmp_path):
     for k in ref:
         assert torch.equal(res[0]['grads'][k], res[1]['grads'][k])   # every rank holds the same bits
         assert torch.equal(res[1]['p'][k], params[k])                 # broadcast from rank 0
+    for k, v in IMG_VARIANTS.items():   # Conv4 on episodic image tasks (float32): a regularizer, finetuning
+        train(TrainConfig(**{**IMG, **v}), tmp_path/f'{k}-one', progress=False, data=image_data())
+        a, b = load_checkpoint(tmp_path/f'{k}-two'), load_checkpoint(tmp_path/f'{k}-one')
+        assert a['step'] == b['step'] == IMG['meta_iters']
+        for n in b['params']:   # conv biases before batchnorm have a zero gradient up to rounding, which Adam scales to +-lr steps
+            if not re.fullmatch(r'features\.\d\.0\.bias', n): assert torch.allclose(a['params'][n], b['params'][n], rtol=1e-5, atol=1e-6), (k, n)
+        ca, cb = (json.loads((tmp_path/f'{k}-{w}'/'config.json').read_text()) for w in ('two', 'one'))
+        assert {**ca, 'created': None} == {**cb, 'created': None}
     with pytest.raises(RuntimeError, match=r"rank \d of 2 failed:(.|\n)*invalid literal for int"):
         launch(2, int, 'x', timeout=120)
     if runs is None: pytest.skip(why)
