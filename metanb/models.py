@@ -4,13 +4,30 @@
 
 # %% ../nbs/02_models.ipynb #7d8455e1
 from __future__ import annotations
+import contextlib, contextvars
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['MetaBatchNorm', 'Conv4', 'MLP', 'ResBlock', 'ResNet12']
+__all__ = ['fused_batchnorm', 'MetaBatchNorm', 'Conv4', 'MLP', 'ResBlock', 'ResNet12']
 
 # %% ../nbs/02_models.ipynb #3a2428a7
+_FUSED_BN = contextvars.ContextVar('metanb_fused_bn', default=False)
+
+@contextlib.contextmanager
+def fused_batchnorm(on:bool=True):
+    "In this block (and thread), `MetaBatchNorm` uses the fused kernel where it is exact (up to 2nd derivatives)."
+    tok = _FUSED_BN.set(on)
+    try: yield
+    finally: _FUSED_BN.reset(tok)
+
+def _fused_ok() -> bool:
+    "True when no vmap/jvp transform and no forward-AD level is active (fused batchnorm derivatives are exact then)."
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    from torch._C._functorch import TransformType
+    if getattr(torch.autograd.forward_ad, '_current_level', 0) >= 0: return False
+    return all(i.key() == TransformType.Grad for i in retrieve_all_functorch_interpreters())
+
 class MetaBatchNorm(nn.Module):
     "Batchnorm over all dims but 1, from basic ops (exact higher-order grads under vmap); batch statistics by default."
     def __init__(self, num_features:int, eps:float=1e-5, momentum:float=0.1,
@@ -25,6 +42,8 @@ class MetaBatchNorm(nn.Module):
             self.register_buffer('running_var', torch.ones(num_features))
 
     def forward(self, x:Tensor) -> Tensor:
+        if _FUSED_BN.get() and not self.track_running_stats and x.numel() > x.shape[1] and _fused_ok():
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0., self.eps)
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
         if self.track_running_stats and not self.training:
