@@ -113,6 +113,15 @@ def test_explorer_in_jupyterlab(tmp_path):
             shot = screenshot_path('explorer.png')
             ex.screenshot(path=str(shot))
             print(f'screenshot of the explorer after moving to {after["step"]!r}: {shot} ({time.time() - t0:.0f} s)')
+
+            ex.locator('.widget-toggle-button', has_text='2D: task plane').click()    # a click on another control
+            page.wait_for_function(f"document.querySelector('img.metanb-panel-slice').src !== {json.dumps(after['slice'])}", timeout=60_000)
+            assert _bytes_hash(slice_) != after['slice_png'], 'the slice panel did not change with the slice kind'
+            page.locator('.jp-StatusBar-TextItem', has_text='| Idle').first.wait_for(timeout=30_000)
+            shot2 = screenshot_path('explorer_task_plane.png')
+            ex.screenshot(path=str(shot2))
+            print(f'screenshot of the task plane at {after["step"].split(" ·")[0]}: {shot2} ({time.time() - t0:.0f} s)')
+            assert ex.locator('.metanb-errors').inner_text().strip() == '', 'the explorer shows an error'
             assert page.external_requests == [], f'the page asked the network for {page.external_requests}'
         except Exception:
             page.screenshot(path=str(screenshot_path('explorer_failure.png')))

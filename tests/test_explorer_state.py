@@ -118,3 +118,18 @@ def test_bad_runs_fail_with_clear_errors(tmp_path, run):
     ex.step_slider.value = 10
     assert any('wrote no pairwise matrices' in e for e in ex.state['errors'])
     assert set(SLICE_KINDS) == {'1d', 'tasks', 'random'}
+
+def test_a_backend_that_computes_both_losses_fills_both_caches(run):
+    class Both(SyntheticBackend):
+        def slice(self, step, tasks, kind, loss, progress=None):
+            other = 'query' if loss == 'support' else 'support'
+            return [super().slice(step, tasks, kind, loss, progress), super().slice(step, tasks, kind, other, progress)]
+    bk = Both(run)
+    ex = Explorer(run, backend=bk, step=10, kind='random')
+    n = len(bk.calls)
+    ex.loss_buttons.value = 'query'                                            # cached with the support slice
+    assert len(bk.calls) == n and ex.state['panels']['slice']['computed'] is False
+    assert RunResults(run, bk).is_cached(10, (0, 1), 'random', 'query')
+    class Wrong(SyntheticBackend):
+        def slice(self, step, tasks, kind, loss, progress=None): return super().slice(step, tasks, kind, 'query', progress)
+    with pytest.raises(ValueError, match='for the request'): RunResults(run, Wrong(run)).slice(0, (0, 1), '1d', 'support')
