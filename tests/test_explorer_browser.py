@@ -8,10 +8,10 @@ artifacts/ and shuts the server down (its whole process group). Without Chromium
 (fails when METANB_CI=1); see tests/browser.py.
 """
 from __future__ import annotations
-import contextlib, json, os, re, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
+import contextlib, importlib.util, json, os, re, secrets, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
-from browser import chromium_page, screenshot_path
+from browser import chromium_page, chromium_path, screenshot_path, skip_or_fail, INSTALL_HINT
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT/'nbs'/'tutorials'/'explore.ipynb'
@@ -76,6 +76,8 @@ def _bytes_hash(img) -> str:
 
 def test_explorer_in_jupyterlab(tmp_path):
     t0 = time.time()
+    if chromium_path() is None: skip_or_fail(f'Chromium not found at /usr/bin/chromium: {INSTALL_HINT}')
+    if importlib.util.find_spec('jupyterlab') is None: skip_or_fail('JupyterLab is not installed: pip install -e ".[dev]" installs it')
     work = tmp_path/'work'; work.mkdir()
     _copy_notebook(NOTEBOOK, work/'explore.ipynb')
     with jupyterlab(work, tmp_path) as (url, token, log), chromium_page(1400, 1500) as page:
