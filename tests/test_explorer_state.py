@@ -133,3 +133,22 @@ def test_a_backend_that_computes_both_losses_fills_both_caches(run):
     class Wrong(SyntheticBackend):
         def slice(self, step, tasks, kind, loss, progress=None): return super().slice(step, tasks, kind, 'query', progress)
     with pytest.raises(ValueError, match='for the request'): RunResults(run, Wrong(run)).slice(0, (0, 1), '1d', 'support')
+
+def test_run_backend_uses_the_analysis_tasks_and_inner_loop(tmp_path):
+    "On a trained and analysed run, Explorer(run_dir) alone rebuilds the analysis' tasks: its distances match tasks.csv."
+    import torch
+    from metanb.train import train
+    from metanb.analysis import AnalysisConfig, analyse_run
+    torch.set_num_threads(1)
+    run = tmp_path/'sine'
+    train(dict(dataset='sinusoid', shots=5, queries=5, meta_batch=2, inner_lr=0.01, inner_steps_test=3, meta_iters=4,
+               ckpt_every=2, ckpt_log=None, val_every=0, val_tasks=2, model_kwargs={'sizes': [1, 8, 8, 1]}, device='cpu'), run, progress=False)
+    tasks, _ = analyse_run(run, AnalysisConfig(n_tasks=3, seed=7, hessian=False, n_boot=20), progress=False, log=None)
+    ex = Explorer(run, step=2, tasks=(0, 2))
+    st = ex.state
+    assert st['errors'] == [] and st['steps'] == [0, 2, 4] and ex.results.task_ids == [0, 1, 2]
+    assert (ex.results.backend.steps, ex.results.backend.task_seed) == (3, 7)
+    s = ex.results.slice(2, (0, 2), '1d', 'support')
+    d = tasks[(tasks.step == 2) & (tasks.measure == 'distance')].set_index('task')['value']
+    np.testing.assert_allclose([s.meta['distances']['0'], s.meta['distances']['2']], [d[0], d[2]], rtol=1e-4)
+    assert st['panels']['support']['n_support'] == [5, 5]                     # regression: support points
