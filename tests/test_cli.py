@@ -128,6 +128,18 @@ def test_analyze_killed_then_resumed(tmp_path):
     assert len(list((run/'analysis').glob('step_*/meta.json'))) == 11 and (run/'analysis'/'summary.csv').is_file()
 
 
+def test_analyze_nproc(tmp_path):
+    "`--nproc 2` re-launches the analysis under torchrun: two ranks share the checkpoints, the tables are the usual ones."
+    r = metanb('train', '--preset', 'tiny', '--checkpoints', 4, '--out', tmp_path, '--name', 'run', '--quiet', tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = metanb('analyze', tmp_path/'run', '--tasks', 4, '--tol', 1e-2, '--quiet', '--nproc', 2, tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import pandas as pd
+    s = pd.read_csv(tmp_path/'run'/'analysis'/'summary.csv')
+    steps = sorted(int(p.stem[5:]) for p in (tmp_path/'run'/'checkpoints').glob('step_*.pt'))
+    assert sorted(s['step'].unique()) == steps and len(steps) == 5  # 0, 13, 26, 39, 40
+
+
 def test_hand_written_run(tmp_path):
     "A run directory written by a user's own code: torch.save of params dicts and a minimal config.json."
     import torch
