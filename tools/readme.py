@@ -3,7 +3,7 @@
     python tools/readme.py          # write README.md
     python tools/readme.py --check  # exit 1 if README.md is out of date
 """
-import argparse, sys
+import argparse, json, sys
 from pathlib import Path
 import nbformat
 from nbconvert import MarkdownExporter
@@ -16,7 +16,7 @@ HEADER = '<!-- Generated from nbs/{nb} by tools/readme.py: edit the notebook, no
 def render(nb_path: Path) -> str:
     "Markdown for the notebook at `nb_path`, with nbdev's directives honoured (hidden cells dropped)."
     proc = NBProcessor(nb_path, procs=[strip_hidden_metadata, hide_, rm_export, clean_magics, strip_ansi], process=True)
-    nb = nbformat.from_dict(nb2dict(proc.nb))
+    nb = nbformat.reads(json.dumps(nb2dict(proc.nb)), as_version=4)  # joins multi-line sources and outputs
     for c in nb.cells:
         c.pop('idx_', None); c.pop('directives_', None)
         if isinstance(c.source, list): c.source = ''.join(c.source)
