@@ -1,0 +1,232 @@
+#!/usr/bin/env python
+"""Time one MAML meta-step (forward, backward, Adam step) of metanb against learn2learn, higher and torchopt.
+
+Setting (issue 4): Conv4 (Omniglot variant, 64 filters, 28x28), 5-way 1-shot, 15 queries per class,
+meta-batch 32, inner lr 0.4; 1 and 5 inner steps; second and first order. Synthetic images (timing
+does not depend on pixel values). Every implementation starts from the same init and sees the same
+tasks; its meta-gradient at the init is compared (relative error) with a float64 run of metanb's loop engine.
+
+The peers get the network their users write: the same Conv4 with `nn.BatchNorm2d` (batch statistics),
+whose second-order gradient is exact in a per-task loop (`--peer-bn meta` gives them metanb's
+`MetaBatchNorm` instead). Each implementation x setting runs in a fresh process, so the peak memory
+is its own: on CPU the peak RSS during the steps minus the RSS before the first step, on CUDA
+`torch.cuda.max_memory_allocated`.
+
+Peers are installed in a separate venv (learn2learn pins an old numpy):
+    python3 -m venv /tmp/peers-venv
+    /tmp/peers-venv/bin/pip install torch==2.14.1 higher==0.2.1 torchopt==0.7.3 cython "fastcore<2"
+    /tmp/peers-venv/bin/pip install --no-build-isolation -C--build-option=build_ext learn2learn==0.2.0 torch==2.14.1
+Run:
+    /tmp/peers-venv/bin/python benchmarks/maml_step.py               # all installed implementations
+    .venv/bin/python benchmarks/maml_step.py --impls metanb-loop metanb-vmap
+    python benchmarks/maml_step.py --device cuda --threads 0
+"""
+from __future__ import annotations
+import argparse, json, os, resource, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # metanb from this checkout, also from the peers' venv
+
+METANB = ['metanb-loop', 'metanb-vmap', 'metanb-threads', 'metanb-loop-basicbn', 'metanb-loop-cl']
+PEERS = ['learn2learn', 'higher', 'torchopt']
+IMPORTS = {'learn2learn': 'learn2learn', 'higher': 'higher', 'torchopt': 'torchopt'}
+
+# ----------------------------------------------------------------------------- one implementation
+
+def setup(args):
+    "Model, params init, data and loss, identical for every implementation."
+    import torch, torch.nn as nn
+    from metanb.models import Conv4
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    dt = getattr(torch, args.dtype)
+    model = Conv4(5).to(dev, dt)
+    g = torch.Generator().manual_seed(1)
+    B, N, K, Q = args.meta_batch, 5, 1, 15
+    xs = torch.randn(B, N * K, 1, 28, 28, generator=g).to(dev, dt)
+    xq = torch.randn(B, N * Q, 1, 28, 28, generator=g).to(dev, dt)
+    ys = torch.arange(N).repeat_interleave(K).repeat(B, 1).to(dev)
+    yq = torch.arange(N).repeat_interleave(Q).repeat(B, 1).to(dev)
+    return model, (xs, ys, xq, yq)
+
+def native_bn(model):
+    "The same net with `nn.BatchNorm2d` (batch statistics) in place of `MetaBatchNorm`, same params."
+    import copy, torch, torch.nn as nn
+    from metanb.models import MetaBatchNorm
+    m = copy.deepcopy(model)
+    for mod in list(m.modules()):
+        for name, c in list(mod.named_children()):
+            if isinstance(c, MetaBatchNorm):
+                bn = nn.BatchNorm2d(c.num_features, eps=c.eps, track_running_stats=False).to(c.weight.device)
+                with torch.no_grad(): bn.weight.copy_(c.weight); bn.bias.copy_(c.bias)
+                setattr(mod, name, bn)
+    return m
+
+def make_impl(name, model, data, args):
+    "Returns `(params, meta_grad)`: `meta_grad()` fills `p.grad` for the params (the meta-gradient)."
+    import torch, torch.nn.functional as F
+    xs, ys, xq, yq = data
+    B, steps, lr, fo = len(xs), args.steps, args.inner_lr, args.order == 1
+    ce = F.cross_entropy
+    if name.startswith('metanb'):
+        from metanb.maml import meta_grad
+        from metanb.tasks import TaskBatch
+        tasks = TaskBatch(xs, ys, xq, yq)
+        params = [p for p in model.parameters()]
+        names = [k for k, _ in model.named_parameters()]
+        kw = dict(steps=steps, lr=lr, first_order=fo)
+        if name == 'metanb-loop-cl':
+            model.to(memory_format=torch.channels_last)
+            cl = lambda x: x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)
+            tasks = TaskBatch(cl(xs), ys, cl(xq), yq)
+        mode = {'metanb-vmap': 'vmap'}.get(name, 'loop')
+        if name == 'metanb-threads': kw['workers'] = args.workers
+        if name == 'metanb-loop-basicbn': kw['fused_bn'] = False
+        def mg():
+            g, _ = meta_grad(model, dict(zip(names, params)), tasks, batching=mode, **kw)
+            for p, k in zip(params, names): p.grad = g[k]
+        return params, mg
+    peer_model = model if args.peer_bn == 'meta' else native_bn(model)
+    if name == 'learn2learn':
+        import learn2learn as l2l
+        maml = l2l.algorithms.MAML(peer_model, lr=lr, first_order=fo)
+        def mg():
+            for p in maml.parameters(): p.grad = None
+            for i in range(B):
+                learner = maml.clone()
+                for _ in range(steps): learner.adapt(ce(learner(xs[i]), ys[i]))
+                (ce(learner(xq[i]), yq[i]) / B).backward()
+        return list(maml.parameters()), mg
+    if name == 'higher':
+        import higher
+        inner = torch.optim.SGD(peer_model.parameters(), lr=lr)
+        params = list(peer_model.parameters())
+        def mg():
+            for p in params: p.grad = None
+            for i in range(B):
+                with higher.innerloop_ctx(peer_model, inner, copy_initial_weights=False, track_higher_grads=not fo) as (fm, diffopt):
+                    for _ in range(steps): diffopt.step(ce(fm(xs[i]), ys[i]))
+                    ql = ce(fm(xq[i]), yq[i]) / B
+                    if not fo: ql.backward(); continue
+                    # first order: higher detaches the fast weights, so copy the query gradient back by hand
+                    for p, g in zip(params, torch.autograd.grad(ql, list(fm.parameters()))):
+                        p.grad = g if p.grad is None else p.grad + g
+        return params, mg
+    if name == 'torchopt':
+        import torchopt
+        if fo: raise NotImplementedError("torchopt's MetaSGD is second order only")
+        inner = torchopt.MetaSGD(peer_model, lr=lr)
+        params = list(peer_model.parameters())
+        def mg():
+            for p in params: p.grad = None
+            net0, opt0 = torchopt.extract_state_dict(peer_model), torchopt.extract_state_dict(inner)
+            for i in range(B):
+                for _ in range(steps): inner.step(ce(peer_model(xs[i]), ys[i]))
+                (ce(peer_model(xq[i]), yq[i]) / B).backward()
+                torchopt.recover_state_dict(peer_model, net0); torchopt.recover_state_dict(inner, opt0)
+        return params, mg
+    raise ValueError(f"unknown implementation {name!r}")
+
+def rss_mb():
+    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+def worker(args):
+    "Run one implementation in this process; print a JSON line."
+    import torch
+    if args.threads: torch.set_num_threads(args.threads)
+    model, data = setup(args)
+    params, mg = make_impl(args.impl, model, data, args)
+    opt = torch.optim.Adam(params, lr=1e-3)
+    sync = torch.cuda.synchronize if args.device.startswith('cuda') else (lambda: None)
+    base = rss_mb()
+    if args.device.startswith('cuda'): torch.cuda.reset_peak_memory_stats()
+    mg(); sync()
+    torch.save([p.grad.detach().cpu() for p in params], args.grad_out)   # the meta-gradient at the init
+    opt.step()
+    times = []
+    for _ in range(args.reps):
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True); mg(); opt.step(); sync()
+        times.append(time.perf_counter() - t)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith('cuda')
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
+    print(json.dumps({'impl': args.impl, 'times': times, 'peak_mb': peak, 'threads': torch.get_num_threads()}))
+
+# ----------------------------------------------------------------------------- the sweep
+
+def available(impl):
+    if impl in IMPORTS:
+        try: __import__(IMPORTS[impl])
+        except Exception: return False
+    return True
+
+def rel_err(a, b):
+    import torch
+    va, vb = torch.cat([x.flatten().double() for x in a]), torch.cat([x.flatten().double() for x in b])
+    return ((va - vb).norm() / vb.norm()).item()
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--device', default='cpu')
+    ap.add_argument('--steps', type=int, nargs='+', default=[1, 5])
+    ap.add_argument('--orders', type=int, nargs='+', default=[2, 1], help='2: second order, 1: first order')
+    ap.add_argument('--impls', nargs='+', default=None, help=f'default: all installed of {METANB + PEERS}')
+    ap.add_argument('--reps', type=int, default=3, help='timed meta-steps per run (after one warm-up step)')
+    ap.add_argument('--rounds', type=int, default=2, help='repeat the sweep, alternating the order of implementations')
+    ap.add_argument('--meta-batch', type=int, default=32)
+    ap.add_argument('--inner-lr', type=float, default=0.4)
+    ap.add_argument('--threads', type=int, default=0, help='torch intra-op threads (0: torch default)')
+    ap.add_argument('--workers', type=int, default=2, help='threads of metanb-threads')
+    ap.add_argument('--peer-bn', choices=['native', 'meta'], default='native')
+    ap.add_argument('--json', default=None, help='also write all results here')
+    # internal: one implementation in a fresh process
+    ap.add_argument('--impl'); ap.add_argument('--steps1', type=int); ap.add_argument('--order1', type=int); ap.add_argument('--grad-out')
+    ap.add_argument('--dtype', default='float32')
+    a = ap.parse_args()
+    if a.impl:
+        a.steps, a.order = a.steps1, a.order1
+        return worker(a)
+    impls = [i for i in (a.impls or METANB + PEERS) if available(i)]
+    import torch
+    print(f"torch {torch.__version__}, device {a.device}, threads {a.threads or torch.get_num_threads()}, meta-batch {a.meta_batch}, "
+          f"peers' batchnorm: {a.peer_bn}, load average {os.getloadavg()[0]:.1f}; implementations: {', '.join(impls)}", flush=True)
+    results, tmp = [], Path(tempfile.mkdtemp())
+    for steps in a.steps:
+        for order in a.orders:
+            times, peaks, grads = {i: [] for i in impls}, {i: [] for i in impls}, {}
+            ref = tmp/f'ref-{steps}-{order}.pt'   # float64 ground truth: metanb's loop engine, untimed
+            subprocess.run([sys.executable, __file__, '--impl', 'metanb-loop', '--steps1', str(steps), '--order1', str(order), '--grad-out', str(ref),
+                            '--device', a.device, '--reps', '0', '--meta-batch', str(a.meta_batch), '--inner-lr', str(a.inner_lr),
+                            '--threads', str(a.threads), '--dtype', 'float64'], check=True, capture_output=True)
+            ref = torch.load(ref, weights_only=True)
+            for r in range(a.rounds):
+                for impl in (impls if r % 2 == 0 else impls[::-1]):
+                    if impl == 'torchopt' and order == 1: continue
+                    go = tmp/f'{impl}-{steps}-{order}.pt'
+                    cmd = [sys.executable, __file__, '--impl', impl, '--steps1', str(steps), '--order1', str(order), '--grad-out', str(go),
+                           '--device', a.device, '--reps', str(a.reps), '--meta-batch', str(a.meta_batch), '--inner-lr', str(a.inner_lr),
+                           '--threads', str(a.threads), '--workers', str(a.workers), '--peer-bn', a.peer_bn]
+                    p = subprocess.run(cmd, capture_output=True, text=True)
+                    if p.returncode != 0:
+                        print(f"  {impl}: failed\n{p.stderr[-1500:]}", flush=True); continue
+                    out = json.loads(p.stdout.strip().splitlines()[-1])
+                    times[impl] += out['times']; peaks[impl].append(out['peak_mb'])
+                    grads[impl] = torch.load(go, weights_only=True)
+            med = {i: statistics.median(t) for i, t in times.items() if t}
+            peer_best = min((med[i] for i in PEERS if i in med), default=None)
+            title = f"{'second' if order == 2 else 'first'} order, {steps} inner step{'s' if steps > 1 else ''}"
+            print(f"\n{title}\n  {'implementation':<20}{'median s':>10}{'vs fastest peer':>17}{'peak MB':>10}{'grad err (f64)':>16}")
+            for i in impls:
+                if i not in med: continue
+                ratio = f"{peer_best / med[i]:.2f}x" if peer_best else '-'
+                err = rel_err(grads[i], ref)
+                print(f"  {i:<20}{med[i]:>10.3f}{ratio:>17}{max(peaks[i]):>10.0f}{err:>16.1e}")
+                results.append(dict(impl=i, steps=steps, order=order, median_s=med[i], speedup_vs_fastest_peer=(peer_best / med[i]) if peer_best else None,
+                                    peak_mb=max(peaks[i]), grad_rel_err=err, times=times[i]))
+            print(flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}  ('vs fastest peer' > 1 means faster than the fastest peer)")
+    if a.json: Path(a.json).write_text(json.dumps(results, indent=1))
+
+if __name__ == '__main__':
+    main()
