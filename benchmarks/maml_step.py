@@ -20,6 +20,28 @@ Run:
     /tmp/peers-venv/bin/python benchmarks/maml_step.py               # all installed implementations
     .venv/bin/python benchmarks/maml_step.py --impls metanb-loop metanb-vmap
     python benchmarks/maml_step.py --device cuda --threads 0
+
+Results (2026-11-26, the shared 2-core AMD EPYC CPU, torch 2.14.1; median seconds per meta-step,
+"x" = speed relative to the fastest peer; peak MB; relative gradient error vs float64):
+
+  --threads 2 (nearly idle machine; metanb-threads = 2 task threads x 1 intra-op thread)
+                      2nd order 1 step   1st order 1 step   2nd order 5 steps  1st order 5 steps
+  metanb-loop         1.002 0.82x  70    0.722 1.27x  79    2.457 0.82x  79    1.195 1.00x  79
+  metanb-threads      0.786 1.05x 114    0.665 1.38x 120    1.392 1.44x 132    0.838 1.43x 105
+  metanb-vmap         1.583 0.52x 1435   1.544 0.59x 1287   2.310 0.87x 1976   1.721 0.69x 1366
+  learn2learn         0.891        62    0.918        54    2.491        66    1.195        55
+  higher              0.997        71    0.929        79    2.573        79    1.218        79
+  torchopt            0.823        67    -                  2.005        77    -
+  --threads 1 (load 1-5 from other jobs, so metanb-threads only gains when the 2nd core is free)
+  metanb-loop         1.685 0.90x        1.086 0.93x        2.581 0.97x        1.468 1.03x
+  metanb-loop-basicbn 2.605 0.58x        1.505 0.67x        3.494 0.72x        2.137 0.71x
+  metanb-loop-cl      1.942 0.78x        1.129 0.89x        2.915 0.86x        1.602 0.95x
+  learn2learn/higher/torchopt fastest: 1.520 (torchopt), 1.006 (higher), 2.502 (l2l), 1.514 (l2l)
+  gradient error vs float64: 1.8e-3 / 1.9e-3 / 3.4e-3 / 3.9e-3 for every implementation on the fused
+  nn.BatchNorm2d kernel (peers, metanb-loop), 1.0e-4 - 1.7e-3 with metanb's basic-ops batchnorm.
+  On a loaded machine with torch's default 2 OpenMP threads every implementation slowed ~10x
+  (2nd order 1 step: learn2learn 31.0 s, torchopt 22.7 s, metanb-loop 15.8 s) while metanb-threads
+  (one OpenMP thread per task thread) took 2.1 s.
 """
 from __future__ import annotations
 import argparse, json, os, resource, statistics, subprocess, sys, tempfile, time
