@@ -14,7 +14,7 @@ from .core import Params, get_device, flatten, unflatten
 from .tasks import TaskBatch, TaskLoader
 from .maml import meta_grad
 from .runs import TrainLog, load_data, list_checkpoints
-from .train import (TrainConfig, train, checkpoint_steps, check_finite, _Trainer, _start, _progress, _regularizer,
+from .train import (TrainConfig, train, checkpoint_steps, check_finite, _Trainer, _start, _loop, _progress, _regularizer,
                     _rng_state, _set_rng_state)
 
 # %% auto #0
@@ -308,32 +308,11 @@ def _load_data(cfg:TrainConfig, data):
 def _train_dist(cfg:TrainConfig, run_dir:Path, progress:bool, resume:bool, data) -> dict:
     rank, n = world()
     check_sharding(cfg.meta_batch, n, cfg.group_size, cfg.algorithm != 'finetune' and _regularizer(cfg) is not None)
-    device = rank_device(cfg.device)
-    T = _DistTrainer(cfg, run_dir, _load_data(cfg, data), device, rank, n)
-    last = start = _sync_start(T, run_dir, resume)
-    sched, log, t0, val = set(checkpoint_steps(cfg)), (TrainLog(run_dir) if rank == 0 else _NoLog()), time.perf_counter(), {}
-    log.resume_from(start)
-    batches = None if T.ft_cls else iter(TaskLoader(T.train_tasks, cfg.meta_batch, start=start, stop=cfg.meta_iters, device=device))
-    pb = _progress(range(start, cfg.meta_iters), cfg.meta_iters - start, progress and rank == 0)
-    try:
-        for s in pb:
-            row = {'step': s}
-            if cfg.val_every and s % cfg.val_every == 0: val = T.validate(); row.update(val)
-            t = time.perf_counter()
-            grads, met = T.grads(s, next(batches) if batches is not None else None)
-            check_finite(s, met, grads, cfg, last)
-            for k, p in T.params.items(): p.grad = grads[k]
-            T.opt.step()
-            log.append({**row, **met, 'seconds': round(time.perf_counter() - t, 4)})
-            if progress and rank == 0: pb.comment = ' '.join(f'{k} {v:.3f}' for k, v in met.items() if k in ('loss', 'acc')) + (f" val_acc {val['val_acc']:.3f}" if 'val_acc' in val else '')
-            if s + 1 in sched:
-                if not in_sync(T.params): raise RuntimeError(f"step {s + 1}: the ranks hold different parameters (nondeterministic kernels?); nothing was saved for this step")
-                log.flush(); T.save(s + 1); last = s + 1
-        val = T.validate(); log.append({'step': cfg.meta_iters, **val})
-    finally:
-        log.flush()
-        if batches is not None: batches.close()
-    return {'run_dir': str(run_dir), 'step': cfg.meta_iters, **val, 'seconds': round(time.perf_counter() - t0, 2), 'world_size': n}
+    T = _DistTrainer(cfg, run_dir, _load_data(cfg, data), rank_device(cfg.device), rank, n)
+    def _check(step):
+        if not in_sync(T.params): raise RuntimeError(f"step {step}: the ranks hold different parameters (nondeterministic kernels?); nothing was saved for this step")
+    log = TrainLog(run_dir) if rank == 0 else _NoLog()
+    return {**_loop(T, cfg, run_dir, _sync_start(T, run_dir, resume), log, progress and rank == 0, before_save=_check), 'world_size': n}
 
 # %% ../nbs/14_distributed.ipynb #78ef260c
 def train_distributed(config:TrainConfig|dict, # the run's config

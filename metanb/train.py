@@ -249,14 +249,11 @@ def _progress(it, total, on):
     return progress_bar(it, total=total)
 
 # %% ../nbs/04_train.ipynb #aac6a0b2
-def _train(cfg:TrainConfig, run_dir:Path, resume:bool, progress:bool, data) -> dict:
-    device = get_device(cfg.device)
-    if cfg.dataset != 'sinusoid' and data is None: data = load_data(asdict(cfg))
-    T = _Trainer(cfg, run_dir, data, device)
-    last = start = _start(T, run_dir, resume)
-    sched, log, t0, val = set(checkpoint_steps(cfg)), TrainLog(run_dir), time.perf_counter(), {}
+def _loop(T, cfg:TrainConfig, run_dir:Path, start:int, log, progress:bool, before_save=None) -> dict:
+    "The meta-training loop from `start` (shared with `metanb.distributed`); `before_save(step)` runs before each checkpoint."
+    last, t0, val, sched = start, time.perf_counter(), {}, set(checkpoint_steps(cfg))
     log.resume_from(start)
-    batches = None if T.ft_cls else iter(TaskLoader(T.train_tasks, cfg.meta_batch, start=start, stop=cfg.meta_iters, device=device))
+    batches = None if T.ft_cls else iter(TaskLoader(T.train_tasks, cfg.meta_batch, start=start, stop=cfg.meta_iters, device=T.device))
     pb = _progress(range(start, cfg.meta_iters), cfg.meta_iters - start, progress)
     try:
         for s in pb:
@@ -269,12 +266,20 @@ def _train(cfg:TrainConfig, run_dir:Path, resume:bool, progress:bool, data) -> d
             T.opt.step()
             log.append({**row, **met, 'seconds': round(time.perf_counter() - t, 4)})
             if progress: pb.comment = ' '.join(f'{k} {v:.3f}' for k, v in met.items() if k in ('loss', 'acc')) + (f" val_acc {val['val_acc']:.3f}" if 'val_acc' in val else '')
-            if s + 1 in sched: log.flush(); T.save(s + 1); last = s + 1  # log first: a checkpoint never lacks its log rows
+            if s + 1 in sched:
+                if before_save: before_save(s + 1)
+                log.flush(); T.save(s + 1); last = s + 1  # log first: a checkpoint never lacks its log rows
         val = T.validate(); log.append({'step': cfg.meta_iters, **val})  # the final validation (row meta_iters)
     finally:
         log.flush()
         if batches is not None: batches.close()
     return {'run_dir': str(run_dir), 'step': cfg.meta_iters, **val, 'seconds': round(time.perf_counter() - t0, 2)}
+
+def _train(cfg:TrainConfig, run_dir:Path, resume:bool, progress:bool, data) -> dict:
+    device = get_device(cfg.device)
+    if cfg.dataset != 'sinusoid' and data is None: data = load_data(asdict(cfg))
+    T = _Trainer(cfg, run_dir, data, device)
+    return _loop(T, cfg, run_dir, _start(T, run_dir, resume), TrainLog(run_dir), progress)
 
 # %% ../nbs/04_train.ipynb #9c1bfe06
 def train(config:TrainConfig|dict, # the run's config
