@@ -17,6 +17,7 @@ from fastprogress.fastprogress import progress_bar
 from .core import Params, flatten, stack_params, unstack_params, get_device, write_json, atomic_write
 from .tasks import TaskBatch
 from .maml import adapt, forward, task_loss, accuracy, resolve_batching
+from .coherence import pairwise_cosine, gram
 from .hessian import bn_context, make_batch_loss_fn, batch_top_eigenvalue, batch_hutchinson_trace, BN_MODES
 from .stats import aggregate_tasks, validate_tasks, validate_checkpoints, TASK_COLUMNS, CHECKPOINT_COLUMNS
 from .runs import ckpt_path, list_checkpoints, read_config, inner_settings, model_from_config, task_family_from_config
@@ -87,12 +88,6 @@ def support_grads(model, theta:Params, tasks:TaskBatch, batching:str='auto') -> 
     return _over_tasks(lambda xs, ys: g(theta, xs, ys), resolve_batching(batching, tasks.device), tasks.xs, tasks.ys)
 
 # %% ../nbs/09_analysis.ipynb #ab905db4
-def _cosines(V:Tensor) -> Tensor:
-    "Cosines `[n, n]` between the rows of `V` `[n, P]`, from its Gram matrix."
-    n = V.norm(dim=1)
-    if (n == 0).any(): raise ValueError(f"vector(s) {torch.nonzero(n == 0).flatten().tolist()} are zero: their cosine is undefined")
-    return (V @ V.T) / (n[:, None] * n[None, :])
-
 def offdiag_mean(m:np.ndarray, idx:np.ndarray|None=None) -> float:
     "Mean of `m[i, j]` over pairs of distinct tasks (of the resample `idx` when given)."
     idx = np.arange(len(m)) if idx is None else idx
@@ -149,7 +144,7 @@ def measure_checkpoint(model:torch.nn.Module, # the network (its own parameters 
     D = flatten(adapted, 1) - flatten(theta)[None]
     out['task'].update(**({'query_acc': qa} if qa is not None else {}), query_loss=ql, support_loss=sl, distance=D.norm(dim=1))
     _curvature(model, adapted, tasks, cfg, out)
-    out['pairwise'] = dict(traj_cosine=_cosines(D), grad_gram=G @ G.T, grad_cosine=_cosines(G))
+    out['pairwise'] = dict(traj_cosine=pairwise_cosine(D), grad_gram=gram(G), grad_cosine=pairwise_cosine(G))
     out['pairwise'] = {k: v.detach().double().cpu().numpy() for k, v in out['pairwise'].items()}
     for name, m in (('traj_coherence', 'traj_cosine'), ('grad_coherence', 'grad_gram'), ('grad_coherence_cos', 'grad_cosine')):
         out['checkpoint'][name] = (offdiag_mean(out['pairwise'][m]), *coherence_ci(out['pairwise'][m], cfg.n_boot, seed=cfg.seed))
