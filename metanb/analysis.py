@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 from fastprogress.fastprogress import progress_bar
-from .core import Params, flatten, stack_params, unstack_params, get_device, write_json, atomic_write
+from .core import Params, flatten, stack_params, unstack_params, get_device, write_json, atomic_write, tune_malloc
 from .tasks import TaskBatch
 from .maml import adapt, forward, task_loss, accuracy, resolve_batching
 from .coherence import pairwise_cosine, gram
@@ -262,6 +262,7 @@ def analyse_run(run_dir:str|Path, # a run directory: config.json + checkpoints/s
                ) -> tuple[pd.DataFrame, pd.DataFrame]|None:
     "Analyse every checkpoint of a run (cached on disk) and write analysis/tasks.csv and analysis/summary.csv."
     cfg, run_dir = cfg or AnalysisConfig(), Path(run_dir)
+    tune_malloc()
     config, ckpts = read_config(run_dir), {s: ckpt_path(run_dir, s) for s in list_checkpoints(run_dir)}
     if not ckpts: raise FileNotFoundError(f"{run_dir/'checkpoints'} holds no step_NNNNNN.pt checkpoints: is {run_dir} a run directory?")
     if steps_only is not None:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #2f0596d3
 from __future__ import annotations
-import os, json, random, tempfile, contextlib
+import os, json, random, tempfile, contextlib, ctypes, ctypes.util
 from pathlib import Path
 from typing import Callable, Iterable
 import numpy as np
@@ -13,8 +13,8 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['Params', 'params_of', 'tmap', 'dot', 'norm', 'axpy', 'scale', 'sub', 'zeros_like', 'numel', 'flatten', 'unflatten',
-           'stack_params', 'unstack_params', 'seed_everything', 'make_generator', 'get_device', 'atomic_write',
-           'write_text', 'write_json', 'torch_save', 'data_dir']
+           'stack_params', 'unstack_params', 'seed_everything', 'make_generator', 'get_device', 'tune_malloc',
+           'atomic_write', 'write_text', 'write_json', 'torch_save', 'data_dir']
 
 # %% ../nbs/00_core.ipynb #8a74990d
 Params = dict[str, Tensor]
@@ -109,7 +109,28 @@ def get_device(device:str|torch.device|None=None) -> torch.device:
         raise ValueError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return d
 
+# %% ../nbs/00_core.ipynb #fd6ad554
+_MALLOC_TUNED = False
+
+def tune_malloc(top_pad_mb:int=64, # grow the heap this much beyond each request
+                trim_mb:int=1024, # keep up to this much freed memory instead of returning it
+                mmap_mb:int=32, # serve blocks below this size from the heap (glibc's maximum is 32)
+               ) -> bool:
+    "Make glibc keep freed memory for reuse (see above); True when the settings are in effect."
+    global _MALLOC_TUNED
+    if os.environ.get('METANB_MALLOC', '1') == '0': return False
+    if _MALLOC_TUNED: return True
+    try: mallopt = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').mallopt
+    except (OSError, AttributeError): return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3   # glibc's malloc.h
+    settings = [(M_TRIM_THRESHOLD, trim_mb), (M_TOP_PAD, top_pad_mb), (M_MMAP_THRESHOLD, min(mmap_mb, 32))]
+    _MALLOC_TUNED = all(mallopt(k, v << 20) == 1 for k, v in settings)
+    return _MALLOC_TUNED
+
 # %% ../nbs/00_core.ipynb #2789ba63
+def _umask() -> int:
+    m = os.umask(0o22); os.umask(m); return m
+
 @contextlib.contextmanager
 def atomic_write(path:str|Path, # the file to (re)write
                  mode:str='wb', # 'wb' or 'w'
@@ -118,6 +139,7 @@ def atomic_write(path:str|Path, # the file to (re)write
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:
             yield f
             f.flush(); os.fsync(f.fileno())
