@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_maml.ipynb #5205a499
 from __future__ import annotations
-import copy, math, threading
+import contextlib, copy, math, threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -175,8 +175,30 @@ def meta_loss(model:nn.Module, # the network (its own parameters are not used)
     return total / len(tasks)
 
 # %% ../nbs/03_maml.ipynb #e9784b9b
-def _group_grad(model, leaves, tasks, n, fused_bn, **kw):
+def _staged_grad(model, leaves, tasks, n, gate, *, steps, lr, first_order, loss):
+    "Task by task: adapt keeping the inner graph, the query gradient at the adapted params (inside `gate`), then back through the inner loop."
+    buffers, classify, ks = dict(model.named_buffers()), not tasks.yq.is_floating_point(), list(leaves)
+    gs, ls, accs, sups = None, [], [], []
+    for i in range(len(tasks)):
+        adapted, sup = _adapt(model, leaves, tasks.xs[i], tasks.ys[i], steps, lr, first_order, loss, buffers)
+        at = [adapted[k].detach().requires_grad_() for k in ks]
+        with gate:
+            l, a = _query(model, dict(zip(ks, at)), tasks.xq[i], tasks.yq[i], loss, buffers, classify)
+            v = torch.autograd.grad(l / n, at, allow_unused=True)
+        v = [torch.zeros_like(x) if g is None else g for x, g in zip(at, v)]
+        g = torch.autograd.grad([adapted[k] for k in ks], [leaves[k] for k in ks], v, allow_unused=True) if steps else v
+        gs = g if gs is None else [x if y is None else (y if x is None else x + y) for x, y in zip(gs, g)]
+        ls.append(l.detach()); accs.append(a)
+        if sup is not None: sups.append(sup)
+    sums = {'loss': torch.stack(ls).sum(), 'support_loss': torch.stack(sups).sum() if sups else math.nan}
+    if classify: sums['acc'] = torch.stack(accs).sum()
+    return gs, sums
+
+def _group_grad(model, leaves, tasks, n, fused_bn, gate, **kw):
     "Gradient of one group's share of the outer loss, and its summed metrics."
+    if kw['mode'] == 'loop' and kw['regularizer'] is None:
+        with fused_batchnorm(fused_bn):
+            return _staged_grad(model, leaves, tasks, n, gate, **{k: kw[k] for k in ('steps', 'lr', 'first_order', 'loss')})
     with fused_batchnorm(fused_bn):
         losses, accs, sup, pen = _group(model, leaves, tasks, **kw)
         outer = (losses.sum() + (len(tasks) * pen if pen is not None else 0.)) / n
@@ -204,14 +226,17 @@ def meta_grad(model:nn.Module, params:Params, tasks:TaskBatch,
               group_size:int|None=None, # tasks per backward (default: 1 with loop, all with vmap or a regularizer)
               loss:Callable|None=None, regularizer:Regularizer|None=None,
               workers:int=1, # threads over groups (loop batching)
+              concurrent_queries:int=1, # with workers > 1: tasks in their query pass at once (each holds a query graph)
               fused_bn:bool=True, # fused batchnorm kernel where exact (see above)
              ) -> tuple[Params, dict]:
     "Meta-gradient of `meta_loss` (same arguments), one backward per group of tasks; returns `(grads, metrics)`."
     mode, loss = _setup(model, params, tasks, steps, batching, loss)
     if workers > 1 and mode != 'loop': raise ValueError(f"workers={workers} needs batching='loop' (vmap batches the tasks of a group itself)")
+    if concurrent_queries < 1: raise ValueError(f"concurrent_queries must be >= 1, got {concurrent_queries}")
+    gate = threading.Semaphore(concurrent_queries) if workers > 1 else contextlib.nullcontext()
     leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
     grads, n, acc = {k: torch.zeros_like(v) for k, v in leaves.items()}, len(tasks), {}
-    fn = lambda m, g: _group_grad(m, leaves, g, n, fused_bn, steps=steps, lr=lr, first_order=first_order, mode=mode, loss=loss, regularizer=regularizer)
+    fn = lambda m, g: _group_grad(m, leaves, g, n, fused_bn, gate, steps=steps, lr=lr, first_order=first_order, mode=mode, loss=loss, regularizer=regularizer)
     for gs, sums in _map_groups(fn, model, _groups(tasks, group_size, mode, regularizer, True), workers):
         for k, gi in zip(leaves, gs):
             if gi is not None: grads[k] += gi

@@ -11,7 +11,7 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from fastcore.basics import patch
-from .core import Params, get_device, make_generator, seed_everything
+from .core import Params, get_device, make_generator, seed_everything, tune_malloc
 from .tasks import ImageClasses, TaskLoader, task_seed, to_float
 from .maml import meta_grad, evaluate, forward, accuracy
 from .models import fused_batchnorm
@@ -50,6 +50,7 @@ class TrainConfig:
     batching: str = 'auto'         # 'loop', 'vmap' or 'auto' (see metanb.maml)
     group_size: int|None = None    # tasks per backward (memory bound; see metanb.maml.meta_grad)
     workers: int = 1               # threads over tasks with loop batching (see metanb.maml.meta_grad)
+    concurrent_queries: int = 1    # with workers > 1: tasks in their query pass at once (memory: one query graph each)
     fused_bn: bool = True          # fused batchnorm kernel where exact (see metanb.maml.meta_grad)
     model: str = 'auto'            # 'auto' (Conv4 for images, MLP 1-40-40-1 for sinusoid) or a registered model name
     model_kwargs: dict = field(default_factory=dict) # constructor kwargs (n_way, in_ch, img are filled in)
@@ -61,7 +62,7 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS: raise ValueError(f"algorithm={self.algorithm!r} is unknown: use one of {ALGORITHMS}")
-        for k in ('n_way', 'shots', 'queries', 'meta_batch', 'meta_iters', 'val_tasks', 'workers'):
+        for k in ('n_way', 'shots', 'queries', 'meta_batch', 'meta_iters', 'val_tasks', 'workers', 'concurrent_queries'):
             if int(getattr(self, k)) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ('inner_steps_train', 'inner_steps_test', 'val_every'):
             if int(getattr(self, k)) < 0: raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
@@ -142,7 +143,7 @@ def check_finite(step:int, metrics:dict, grads:Params, cfg:TrainConfig, last_ckp
     raise FloatingPointError(f"training stopped at step {step}: {what}. Likely cause: {cause}. Nothing was saved for this step; {keep}.")
 
 # %% ../nbs/04_train.ipynb #8c29ae24
-RESUMABLE = ('device', 'batching', 'group_size', 'workers', 'fused_bn', 'threads', 'meta_iters', 'ckpt_every', 'ckpt_log', 'val_every', 'val_tasks')
+RESUMABLE = ('device', 'batching', 'group_size', 'workers', 'concurrent_queries', 'fused_bn', 'threads', 'meta_iters', 'ckpt_every', 'ckpt_log', 'val_every', 'val_tasks')
 
 def run_config(cfg:TrainConfig, data:ImageClasses|None=None) -> dict:
     "The resolved config written to `config.json` (the model spelled out; `n_train_classes` for finetuning)."
@@ -223,7 +224,8 @@ def grads(self:_Trainer, step:int, tasks) -> tuple[Params, dict]:
             g = torch.autograd.grad(loss, list(self.params.values()))
         return dict(zip(self.params, g)), {'loss': loss.item(), 'acc': accuracy(out, y).item()}
     return meta_grad(self.model, self.params, tasks, steps=c.inner_steps_train, lr=c.inner_lr, first_order=c.algorithm == 'fomaml',
-                     batching=c.batching, group_size=c.group_size, regularizer=self.reg, workers=c.workers, fused_bn=c.fused_bn)
+                     batching=c.batching, group_size=c.group_size, regularizer=self.reg, workers=c.workers,
+                     concurrent_queries=c.concurrent_queries, fused_bn=c.fused_bn)
 
 @patch
 def validate(self:_Trainer) -> dict:
@@ -290,6 +292,7 @@ def train(config:TrainConfig|dict, # the run's config
          ) -> dict:
     "Meta-train (or finetune) into `run_dir`, resuming if it has checkpoints; returns the last validation and timing."
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
+    tune_malloc()   # reuse freed activations instead of page-faulting fresh memory (metanb.core)
     threads = torch.get_num_threads()
     if cfg.threads: torch.set_num_threads(cfg.threads)
     try: return _train(cfg, Path(run_dir), resume, progress, data)
