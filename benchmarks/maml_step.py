@@ -21,27 +21,32 @@ Run:
     .venv/bin/python benchmarks/maml_step.py --impls metanb-loop metanb-vmap
     python benchmarks/maml_step.py --device cuda --threads 0
 
-Results (2026-11-26, the shared 2-core AMD EPYC CPU, torch 2.14.1; median seconds per meta-step,
-"x" = speed relative to the fastest peer; peak MB; relative gradient error vs float64):
+Memory is reported twice: the peak RSS increase (what the OS sees; it also counts freed memory an allocator keeps)
+and the peak "heap" in use from malloc (glibc `mallinfo2`, all arenas, sampled every 0.5 ms during one extra step),
+which compares implementations whatever their allocator settings. metanb rows call `metanb.core.tune_malloc()` as
+`train`, the analysis and the CLI do (`--no-malloc` turns it off; `--peer-malloc` gives it to the peers too).
 
-  --threads 2 (nearly idle machine; metanb-threads = 2 task threads x 1 intra-op thread)
-                      2nd order 1 step   1st order 1 step   2nd order 5 steps  1st order 5 steps
-  metanb-loop         1.002 0.82x  70    0.722 1.27x  79    2.457 0.82x  79    1.195 1.00x  79
-  metanb-threads      0.786 1.05x 114    0.665 1.38x 120    1.392 1.44x 132    0.838 1.43x 105
-  metanb-vmap         1.583 0.52x 1435   1.544 0.59x 1287   2.310 0.87x 1976   1.721 0.69x 1366
-  learn2learn         0.891        62    0.918        54    2.491        66    1.195        55
-  higher              0.997        71    0.929        79    2.573        79    1.218        79
-  torchopt            0.823        67    -                  2.005        77    -
-  --threads 1 (load 1-5 from other jobs, so metanb-threads only gains when the 2nd core is free)
-  metanb-loop         1.685 0.90x        1.086 0.93x        2.581 0.97x        1.468 1.03x
-  metanb-loop-basicbn 2.605 0.58x        1.505 0.67x        3.494 0.72x        2.137 0.71x
-  metanb-loop-cl      1.942 0.78x        1.129 0.89x        2.915 0.86x        1.602 0.95x
-  learn2learn/higher/torchopt fastest: 1.520 (torchopt), 1.006 (higher), 2.502 (l2l), 1.514 (l2l)
-  gradient error vs float64: 1.8e-3 / 1.9e-3 / 3.4e-3 / 3.9e-3 for every implementation on the fused
-  nn.BatchNorm2d kernel (peers, metanb-loop), 1.0e-4 - 1.7e-3 with metanb's basic-ops batchnorm.
-  On a loaded machine with torch's default 2 OpenMP threads every implementation slowed ~10x
-  (2nd order 1 step: learn2learn 31.0 s, torchopt 22.7 s, metanb-loop 15.8 s) while metanb-threads
-  (one OpenMP thread per task thread) took 2.1 s.
+Results (2026-11-26, the shared 2-core AMD EPYC VM, torch 2.14.1; median s per meta-step over 3 processes x 3 steps,
+"x" = speed relative to the fastest peer, peak RSS MB, peak heap MB; gradient error vs float64 is the same for
+every implementation: 1.8e-3 / 1.9e-3 / 1.4e-3 (3.4e-3 at 1 thread) / 9.7e-4 (3.9e-3)). Run-to-run noise on this VM
+is +-15%: the same implementation measured 0.68-1.02 s in back-to-back runs.
+
+  --threads 2                2nd order, 1 step       1st order, 1 step       2nd order, 5 steps      1st order, 5 steps
+  metanb-loop                0.718 1.21x  72 21.5    0.693 1.04x  81 20.1    1.756 1.11x  81 28.7    0.897 1.16x  81 20.2
+  metanb-threads (2 x 1 thr) 0.808 1.08x 120 25.2    0.832 0.86x 111 22.3    1.279 1.52x 156 40.2    0.836 1.25x 116 24.9
+  learn2learn                0.869        60 21.4    0.718        51 19.6    1.942        67 28.7    1.042        51 19.7
+  higher                     1.061        72 21.5    0.813        81 19.7    1.999        81 28.9    1.143        81 20.6
+  torchopt                   0.913        69 21.0    -                       2.050        79 28.2    -
+  --threads 1
+  metanb-loop                1.079 1.15x  69 21.5    0.860 1.23x  78 20.1    2.374 1.11x  78 28.7    1.322 1.24x  78 20.2
+  fastest peer               1.242 l2l    56 21.4    1.058 higher 78 19.7    2.626 torchopt 76 28.2  1.635 l2l    52 19.7
+
+What the changes measured (same settings): glibc keeping freed memory (`tune_malloc`) 1.1-1.3x per meta-step
+(page faults on fresh activations were a fifth of a second-order step at 1 thread); `workers=2` with query passes
+taking turns (`concurrent_queries=1`) 1.4x on 5 inner steps at +40% heap (the inner loops, 5 support images,
+do not speed up with a second intra-op thread; the query passes do), no gain on 1 step; the fused batchnorm kernel
+1.5x (earlier); channels_last 0.78-0.95x, torch.compile 196 s compile for 1.1x, vmap 0.4-0.9x and 1.3-2 GB (earlier).
+With the same allocator settings the peers are as fast as metanb-loop: the engine runs the same kernels.
 """
 from __future__ import annotations
 import argparse, json, os, resource, statistics, subprocess, sys, tempfile, time
@@ -93,6 +98,8 @@ def make_impl(name, model, data, args):
     ce = F.cross_entropy
     if name.startswith('metanb'):
         from metanb.maml import meta_grad
+        from metanb.core import tune_malloc
+        if not args.no_malloc: tune_malloc()   # as metanb's train, analysis and CLI do
         from metanb.tasks import TaskBatch
         tasks = TaskBatch(xs, ys, xq, yq)
         params = [p for p in model.parameters()]
@@ -103,12 +110,14 @@ def make_impl(name, model, data, args):
             cl = lambda x: x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)
             tasks = TaskBatch(cl(xs), ys, cl(xq), yq)
         mode = {'metanb-vmap': 'vmap'}.get(name, 'loop')
-        if name == 'metanb-threads': kw['workers'] = args.workers
+        if name == 'metanb-threads': kw.update(workers=args.workers, concurrent_queries=args.concurrent_queries)
         if name == 'metanb-loop-basicbn': kw['fused_bn'] = False
         def mg():
             g, _ = meta_grad(model, dict(zip(names, params)), tasks, batching=mode, **kw)
             for p, k in zip(params, names): p.grad = g[k]
         return params, mg
+    if args.peer_malloc:
+        from metanb.core import tune_malloc; tune_malloc()
     peer_model = model if args.peer_bn == 'meta' else native_bn(model)
     if name == 'learn2learn':
         import learn2learn as l2l
@@ -150,6 +159,23 @@ def make_impl(name, model, data, args):
         return params, mg
     raise ValueError(f"unknown implementation {name!r}")
 
+def peak_heap_mb(step, every=0.0005):
+    """Peak MB of memory in use from malloc (glibc `mallinfo2`: all arenas, mmapped blocks included) during `step()`,
+    above what was in use before it; sampled every `every` seconds on a background thread. Unlike the peak RSS it
+    does not count freed memory an allocator keeps, so it compares implementations whatever their allocator settings."""
+    import ctypes, threading
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(k, ctypes.c_size_t) for k in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
+    f = ctypes.CDLL('libc.so.6').mallinfo2; f.restype = MallInfo2
+    used = lambda: (lambda m: m.uordblks + m.hblkhd)(f())
+    base, peak, done = used(), [0], threading.Event()
+    def poll():
+        while not done.is_set(): peak[0] = max(peak[0], used()); time.sleep(every)
+    t = threading.Thread(target=poll, daemon=True); t.start()
+    try: step()
+    finally: done.set(); t.join()
+    return max(peak[0], used()) / 2**20 - base / 2**20
+
 def rss_mb():
     with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
 
@@ -173,7 +199,9 @@ def worker(args):
         times.append(time.perf_counter() - t)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith('cuda')
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
-    print(json.dumps({'impl': args.impl, 'times': times, 'peak_mb': peak, 'threads': torch.get_num_threads()}))
+    def step(): opt.zero_grad(set_to_none=True); mg(); opt.step()
+    tensors = peak_heap_mb(step) if not args.device.startswith('cuda') else peak
+    print(json.dumps({'impl': args.impl, 'times': times, 'peak_mb': peak, 'tensor_mb': tensors, 'threads': torch.get_num_threads()}))
 
 # ----------------------------------------------------------------------------- the sweep
 
@@ -200,7 +228,10 @@ def main():
     ap.add_argument('--inner-lr', type=float, default=0.4)
     ap.add_argument('--threads', type=int, default=0, help='torch intra-op threads (0: torch default)')
     ap.add_argument('--workers', type=int, default=2, help='threads of metanb-threads')
+    ap.add_argument('--concurrent-queries', type=int, default=1, help='query passes at once in metanb-threads')
     ap.add_argument('--peer-bn', choices=['native', 'meta'], default='native')
+    ap.add_argument('--peer-malloc', action='store_true', help="give the peers metanb's allocator settings (metanb.core.tune_malloc) too")
+    ap.add_argument('--no-malloc', action='store_true', help="run metanb without its allocator settings")
     ap.add_argument('--json', default=None, help='also write all results here')
     # internal: one implementation in a fresh process
     ap.add_argument('--impl'); ap.add_argument('--steps1', type=int); ap.add_argument('--order1', type=int); ap.add_argument('--grad-out')
@@ -216,7 +247,7 @@ def main():
     results, tmp = [], Path(tempfile.mkdtemp())
     for steps in a.steps:
         for order in a.orders:
-            times, peaks, grads = {i: [] for i in impls}, {i: [] for i in impls}, {}
+            times, peaks, tens, grads = {i: [] for i in impls}, {i: [] for i in impls}, {i: [] for i in impls}, {}
             ref = tmp/f'ref-{steps}-{order}.pt'   # float64 ground truth: metanb's loop engine, untimed
             subprocess.run([sys.executable, __file__, '--impl', 'metanb-loop', '--steps1', str(steps), '--order1', str(order), '--grad-out', str(ref),
                             '--device', a.device, '--reps', '0', '--meta-batch', str(a.meta_batch), '--inner-lr', str(a.inner_lr),
@@ -228,24 +259,24 @@ def main():
                     go = tmp/f'{impl}-{steps}-{order}.pt'
                     cmd = [sys.executable, __file__, '--impl', impl, '--steps1', str(steps), '--order1', str(order), '--grad-out', str(go),
                            '--device', a.device, '--reps', str(a.reps), '--meta-batch', str(a.meta_batch), '--inner-lr', str(a.inner_lr),
-                           '--threads', str(a.threads), '--workers', str(a.workers), '--peer-bn', a.peer_bn]
+                           '--threads', str(a.threads), '--workers', str(a.workers), '--concurrent-queries', str(a.concurrent_queries), '--peer-bn', a.peer_bn] + ['--peer-malloc'] * a.peer_malloc + ['--no-malloc'] * a.no_malloc
                     p = subprocess.run(cmd, capture_output=True, text=True)
                     if p.returncode != 0:
                         print(f"  {impl}: failed\n{p.stderr[-1500:]}", flush=True); continue
                     out = json.loads(p.stdout.strip().splitlines()[-1])
-                    times[impl] += out['times']; peaks[impl].append(out['peak_mb'])
+                    times[impl] += out['times']; peaks[impl].append(out['peak_mb']); tens[impl].append(out['tensor_mb'])
                     grads[impl] = torch.load(go, weights_only=True)
             med = {i: statistics.median(t) for i, t in times.items() if t}
             peer_best = min((med[i] for i in PEERS if i in med), default=None)
             title = f"{'second' if order == 2 else 'first'} order, {steps} inner step{'s' if steps > 1 else ''}"
-            print(f"\n{title}\n  {'implementation':<20}{'median s':>10}{'vs fastest peer':>17}{'peak MB':>10}{'grad err (f64)':>16}")
+            print(f"\n{title}\n  {'implementation':<20}{'median s':>10}{'vs fastest peer':>17}{'peak RSS MB':>13}{'heap MB':>11}{'grad err (f64)':>16}")
             for i in impls:
                 if i not in med: continue
                 ratio = f"{peer_best / med[i]:.2f}x" if peer_best else '-'
                 err = rel_err(grads[i], ref)
-                print(f"  {i:<20}{med[i]:>10.3f}{ratio:>17}{max(peaks[i]):>10.0f}{err:>16.1e}")
+                print(f"  {i:<20}{med[i]:>10.3f}{ratio:>17}{statistics.median(peaks[i]):>13.0f}{max(tens[i]):>11.1f}{err:>16.1e}")
                 results.append(dict(impl=i, steps=steps, order=order, median_s=med[i], speedup_vs_fastest_peer=(peer_best / med[i]) if peer_best else None,
-                                    peak_mb=max(peaks[i]), grad_rel_err=err, times=times[i]))
+                                    peak_rss_mb=statistics.median(peaks[i]), peak_heap_mb=max(tens[i]), grad_rel_err=err, times=times[i]))
             print(flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f}  ('vs fastest peer' > 1 means faster than the fastest peer)")
     if a.json: Path(a.json).write_text(json.dumps(results, indent=1))
