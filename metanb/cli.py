@@ -114,7 +114,7 @@ def check_data(preset:dict, data:str|None, option:str='--data') -> Path|None:
 # %% ../nbs/13_cli.ipynb #50045b53
 _RANGES = dict(ways=(2, None, True), shots=(1, None, True), queries=(1, None, True), iters=(1, None, True), meta_batch=(1, None, True),
                tasks=(2, None, True), checkpoints=(2, None, True), strength=(0, None, False), inner_lr=(0, None, False),
-               threads=(1, None, True))
+               threads=(1, None, True), workers=(1, None, True))
 
 def resolve_settings(preset:str, # a name of `PRESETS`
                      data:str|None=None, **overrides) -> dict:
@@ -227,7 +227,8 @@ def train_config(s:dict, variant:str, seed:int, device:str='auto'):
                        inner_steps_train=s['train_steps'], inner_steps_test=s['test_steps'], outer_lr=s['outer_lr'],
                        meta_iters=s['iters'], ckpt_every=every, ckpt_log=None, val_every=0, val_tasks=s['tasks'], seed=seed,
                        device=device, model_kwargs=dict(s['model_kwargs']), data_kwargs=dict(s.get('data_kwargs', {})), regularizer=reg or None,
-                       reg_strength=s['strength'] if reg else 0.0, threads=s.get('threads'))
+                       reg_strength=s['strength'] if reg else 0.0, threads=s.get('threads'),
+                       workers=s.get('workers') or 1)
 
 def analysis_config(s:dict, device:str='auto'):
     "The `metanb.analysis.AnalysisConfig` of a study with settings `s`."
@@ -287,6 +288,12 @@ def _train_one(s:dict, variant:str, seed:int, device:str, run_dir:Path, progress
     if progress and _main_rank(): print(flush=True)  # end the progress bar's line
     _say(f"trained {run_dir.name} in {time.perf_counter() - t0:.0f}s" + (f" (val_acc {r['val_acc']:.3f})" if 'val_acc' in r else ''))
 
+def _check_workers(s:dict, device:str):
+    "Task threads serve the per-task loop of a CPU; on CUDA `meta_grad` batches tasks with vmap instead."
+    from metanb.core import get_device
+    _need((s.get('workers') or 1) == 1 or get_device(device).type == 'cpu', '--workers',
+          f"task threads are for CPU training (loop batching); on {device} tasks are batched with vmap: drop --workers")
+
 def _fresh(dirs:list[Path], option:str='--no_resume'):
     "With --no_resume, refuse to touch existing runs (nothing is deleted)."
     taken = [d for d in dirs if d.exists() and any(d.iterdir())]
@@ -309,13 +316,15 @@ def study(preset:str='quick', # quick (default), omniglot-5w1s, omniglot-20w1s, 
           tasks:int=None, # meta-test tasks analysed per checkpoint
           checkpoints:int=None, # evenly spaced checkpoints, step 0 and the last included
           threads:int=None, # torch threads per process (default: the preset's; quick: 1)
+          workers:int=None, # task threads in meta-training on a CPU, one torch thread each (default 1; pays off with several inner steps)
           no_resume:store_true=False, # refuse to continue existing runs (default: resume them; finished work is never redone)
           quiet:store_true=False, # no progress bars
          ):
     "Train every variant and seed, analyse every checkpoint, and write the report: the one-command study."
     s = resolve_settings(preset, data, iters=iters, meta_batch=meta_batch, ways=ways, shots=shots, queries=queries, tasks=tasks,
-                         checkpoints=checkpoints, strength=strength, threads=threads)
+                         checkpoints=checkpoints, strength=strength, threads=threads, workers=workers)
     vs, sd, dev = _variants(s, variants, regularizer), parse_seeds(seeds), check_device(device)
+    _check_workers(s, dev)
     root = check_out(out)/preset
     dirs = [_run_dir(root, v, seed) for v in vs for seed in sd]
     if no_resume: _fresh(dirs)
@@ -350,17 +359,19 @@ def train_run(preset:str='quick', # the settings (see `metanb study --help`)
               queries:int=None, # query examples per class
               checkpoints:int=None, # evenly spaced checkpoints
               threads:int=None, # torch threads (default: the preset's; quick: 1)
+              workers:int=None, # task threads on a CPU, one torch thread each (default 1; pays off with several inner steps)
               no_resume:store_true=False, # refuse to continue an existing run
               quiet:store_true=False, # no progress bar
              ):
     "Meta-train one run into OUT/NAME (resumes an interrupted run)."
     s = resolve_settings(preset, data, iters=iters, meta_batch=meta_batch, ways=ways, shots=shots, queries=queries,
-                         checkpoints=checkpoints, strength=strength, threads=threads)
+                         checkpoints=checkpoints, strength=strength, threads=threads, workers=workers)
     v = algorithm.strip().lower()
     _need(v in ALGORITHMS, '--algorithm', f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
     if regularizer is not None and _norm_reg(regularizer) != 'none': v = parse_variant(f'{v}+{regularizer}', '--regularizer')
     _need(int(seed) >= 0, '--seed', f"must be >= 0, got {seed}")
     dev, d = check_device(device), check_out(out)/(name or f'{v}-s{seed}')
+    _check_workers(s, dev)
     if no_resume: _fresh([d])
     _train_one(s, v, seed, dev, d, not quiet)
     _say(f"run: {d}")

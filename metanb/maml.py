@@ -237,7 +237,8 @@ def meta_grad(model:nn.Module, params:Params, tasks:TaskBatch,
     leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
     grads, n, acc = {k: torch.zeros_like(v) for k, v in leaves.items()}, len(tasks), {}
     fn = lambda m, g: _group_grad(m, leaves, g, n, fused_bn, gate, steps=steps, lr=lr, first_order=first_order, mode=mode, loss=loss, regularizer=regularizer)
-    for gs, sums in _map_groups(fn, model, _groups(tasks, group_size, mode, regularizer, True), workers):
+    groups = _groups(tasks, group_size, mode, regularizer, True)
+    for gs, sums in _map_groups(fn, model, groups, min(workers, len(groups))):   # one group (a regularizer): no thread
         for k, gi in zip(leaves, gs):
             if gi is not None: grads[k] += gi
         for k, v in sums.items(): acc[k] = acc.get(k, 0.) + v

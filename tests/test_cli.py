@@ -34,6 +34,7 @@ BAD = [  # (arguments, the option the one-line error must name)
     (['study', '--preset', 'omniglot-20w1s', '--data', '/no/such/folder'], '--data'),
     (['train', '--algorithm', 'sgd'], '--algorithm'),
     (['train', '--seed', '-1'], '--seed'),
+    (['train', '--workers', '0'], '--workers'),
     (['analyze', '/no/such/run'], 'RUN'),
     (['report', '/no/such/run'], 'RUN'),
 ]
@@ -99,6 +100,17 @@ def test_study_end_to_end(tmp_path):
     # a second study finds everything done: training resumes at the end, every checkpoint is cached
     r2 = metanb('study', '--preset', 'tiny', '--out', tmp_path/'runs', '--quiet', tmp_path=tmp_path)
     assert r2.returncode == 0 and 'analysed in' not in r2.stdout and r2.stdout.count(': cached') == 18, r2.stdout[-2000:]
+
+
+def test_train_with_task_threads(tmp_path):
+    "`--workers 2` trains with two task threads; the run's config records it and the run resumes at its end."
+    args = ('train', '--preset', 'tiny', '--iters', '6', '--checkpoints', '3', '--workers', '2', '--out', tmp_path/'runs', '--quiet')
+    r = metanb(*args, tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path/'runs'/'maml-s0'
+    assert json.loads((run/'config.json').read_text())['workers'] == 2
+    assert (run/'checkpoints'/'step_000006.pt').is_file()
+    assert metanb(*args, tmp_path=tmp_path).returncode == 0
 
 
 def _files(d:Path) -> dict:
