@@ -80,19 +80,6 @@ def setup(args):
     yq = torch.arange(N).repeat_interleave(Q).repeat(B, 1).to(dev)
     return model, (xs, ys, xq, yq)
 
-def native_bn(model):
-    "The same net with `nn.BatchNorm2d` (batch statistics) in place of `MetaBatchNorm`, same params."
-    import copy, torch, torch.nn as nn
-    from metanb.models import MetaBatchNorm
-    m = copy.deepcopy(model)
-    for mod in list(m.modules()):
-        for name, c in list(mod.named_children()):
-            if isinstance(c, MetaBatchNorm):
-                bn = nn.BatchNorm2d(c.num_features, eps=c.eps, track_running_stats=False).to(c.weight.device)
-                with torch.no_grad(): bn.weight.copy_(c.weight); bn.bias.copy_(c.bias)
-                setattr(mod, name, bn)
-    return m
-
 def make_impl(name, model, data, args):
     "Returns `(params, meta_grad)`: `meta_grad()` fills `p.grad` for the params (the meta-gradient)."
     import torch, torch.nn.functional as F
@@ -121,7 +108,8 @@ def make_impl(name, model, data, args):
         return params, mg
     if args.peer_malloc:
         from metanb.core import tune_malloc; tune_malloc()
-    peer_model = model if args.peer_bn == 'meta' else native_bn(model)
+    from metanb.testutils import with_native_bn
+    peer_model = model if args.peer_bn == 'meta' else with_native_bn(model)
     if name == 'learn2learn':
         import learn2learn as l2l
         maml = l2l.algorithms.MAML(peer_model, lr=lr, first_order=fo)

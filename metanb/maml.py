@@ -12,7 +12,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 from .core import Params, stack_params, unstack_params
-from .models import fused_batchnorm
+from .models import fused_batchnorm, _active_transforms
 from .tasks import TaskBatch
 
 # %% auto #0
@@ -47,14 +47,9 @@ def check_params(model:nn.Module, params:Params):
         raise KeyError(f"params do not match the model's parameters: missing {miss}, unexpected {extra}; build them with metanb.core.params_of(model)")
 
 # %% ../nbs/03_maml.ipynb #b1054fa4
-def _transformed() -> bool:
-    "True when a torch.func transform (vmap, grad, jvp, ...) is active."
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-    return len(retrieve_all_functorch_interpreters()) > 0
-
 def _inner_grad(inner, params:Params, first_order:bool):
     "Gradient and value of `inner` at `params`; differentiable (second order) unless `first_order`."
-    if _transformed():
+    if _active_transforms():   # under vmap/grad/jvp: functorch's grad
         return grad_and_value(inner)({k: v.detach() for k, v in params.items()} if first_order else params)
     create = not first_order and torch.is_grad_enabled() and any(v.requires_grad for v in params.values())
     src = params if create else {k: v.detach().requires_grad_() for k, v in params.items()}
@@ -196,10 +191,9 @@ def _staged_grad(model, leaves, tasks, n, gate, *, steps, lr, first_order, loss)
 
 def _group_grad(model, leaves, tasks, n, fused_bn, gate, **kw):
     "Gradient of one group's share of the outer loss, and its summed metrics."
-    if kw['mode'] == 'loop' and kw['regularizer'] is None:
-        with fused_batchnorm(fused_bn):
-            return _staged_grad(model, leaves, tasks, n, gate, **{k: kw[k] for k in ('steps', 'lr', 'first_order', 'loss')})
     with fused_batchnorm(fused_bn):
+        if kw['mode'] == 'loop' and kw['regularizer'] is None:
+            return _staged_grad(model, leaves, tasks, n, gate, **{k: kw[k] for k in ('steps', 'lr', 'first_order', 'loss')})
         losses, accs, sup, pen = _group(model, leaves, tasks, **kw)
         outer = (losses.sum() + (len(tasks) * pen if pen is not None else 0.)) / n
         gs = torch.autograd.grad(outer, list(leaves.values()), allow_unused=True)

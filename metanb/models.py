@@ -21,12 +21,16 @@ def fused_batchnorm(on:bool=True):
     try: yield
     finally: _FUSED_BN.reset(tok)
 
+def _active_transforms() -> list:
+    "The kinds (`TransformType`) of the torch.func transforms active here, innermost last."
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    return [i.key() for i in retrieve_all_functorch_interpreters()]
+
 def _fused_ok() -> bool:
     "True when no vmap/jvp transform and no forward-AD level is active (fused batchnorm derivatives are exact then)."
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
     from torch._C._functorch import TransformType
     if getattr(torch.autograd.forward_ad, '_current_level', 0) >= 0: return False
-    return all(i.key() == TransformType.Grad for i in retrieve_all_functorch_interpreters())
+    return all(k == TransformType.Grad for k in _active_transforms())
 
 class MetaBatchNorm(nn.Module):
     "Batchnorm over all dims but 1, from basic ops (exact higher-order grads under vmap); batch statistics by default."

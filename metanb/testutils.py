@@ -4,13 +4,14 @@
 
 # %% ../nbs/02a_testutils.ipynb #fccd561b
 from __future__ import annotations
-import torch
+import copy
+import torch, torch.nn as nn
 from .core import make_generator
 from .tasks import TaskBatch, SinusoidTasks
-from .models import MLP, Conv4
+from .models import MLP, Conv4, MetaBatchNorm
 
 # %% auto #0
-__all__ = ['tiny_mlp', 'tiny_conv4', 'sinusoid_batch', 'image_batch']
+__all__ = ['tiny_mlp', 'tiny_conv4', 'sinusoid_batch', 'image_batch', 'with_native_bn']
 
 # %% ../nbs/02a_testutils.ipynb #1620d67c
 def tiny_mlp(sizes=(1, 16, 16, 1), dtype=torch.float32, seed:int=0) -> MLP:
@@ -38,3 +39,15 @@ def image_batch(n_tasks:int=4, n_way:int=3, shots:int=2, queries:int=2, img:int=
         return x.to(dtype), y
     xs, ys = _draw(shots); xq, yq = _draw(queries)
     return TaskBatch(xs, ys, xq, yq)
+
+# %% ../nbs/02a_testutils.ipynb #cb4841a7
+def with_native_bn(model:nn.Module) -> nn.Module:
+    "A copy of `model` whose `MetaBatchNorm`s are `nn.BatchNorm2d(track_running_stats=False)` with the same affine params."
+    m = copy.deepcopy(model)
+    for mod in list(m.modules()):
+        for name, c in list(mod.named_children()):
+            if isinstance(c, MetaBatchNorm):
+                bn = nn.BatchNorm2d(c.num_features, eps=c.eps, track_running_stats=False).to(c.weight.device, c.weight.dtype)
+                with torch.no_grad(): bn.weight.copy_(c.weight); bn.bias.copy_(c.bias)
+                setattr(mod, name, bn)
+    return m
