@@ -12,19 +12,19 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.func import grad, vmap
+from torch.func import vmap
 from fastprogress.fastprogress import progress_bar
 from .core import Params, flatten, stack_params, unstack_params, get_device, write_json, atomic_write, tune_malloc
 from .tasks import TaskBatch
 from .maml import adapt, forward, task_loss, accuracy, resolve_batching
-from .coherence import pairwise_cosine, gram
+from .coherence import pairwise_cosine, gram, support_gradients
 from .hessian import bn_context, make_batch_loss_fn, batch_top_eigenvalue, batch_hutchinson_trace, BN_MODES
 from .stats import aggregate_tasks, validate_tasks, validate_checkpoints, TASK_COLUMNS, CHECKPOINT_COLUMNS
 from .runs import ckpt_path, list_checkpoints, read_config, inner_settings, model_from_config, task_family_from_config
 
 # %% auto #0
-__all__ = ['STEP_FILES', 'AnalysisConfig', 'adapt_tasks', 'support_grads', 'offdiag_mean', 'coherence_ci', 'measure_checkpoint',
-           'task_table', 'checkpoint_table', 'file_sha256', 'load_params', 'run_identity', 'step_dir', 'cached_step',
+__all__ = ['STEP_FILES', 'AnalysisConfig', 'adapt_tasks', 'offdiag_mean', 'coherence_ci', 'measure_checkpoint', 'task_table',
+           'checkpoint_table', 'file_sha256', 'load_params', 'run_identity', 'step_dir', 'cached_step',
            'analyse_checkpoint', 'analyse_run', 'collect', 'load_analysis']
 
 # %% ../nbs/09_analysis.ipynb #657d30bc
@@ -82,11 +82,6 @@ def adapt_tasks(model, theta:Params, tasks:TaskBatch, *, steps:int, lr:float, ba
     mode = resolve_batching(batching, tasks.device)
     return _over_tasks(lambda xs, ys: adapt(model, theta, xs, ys, steps=steps, lr=lr), mode, tasks.xs, tasks.ys)
 
-def support_grads(model, theta:Params, tasks:TaskBatch, batching:str='auto') -> Params:
-    "Gradient of each task's support loss at `theta` (tensors lead with the task dim)."
-    g = grad(lambda p, x, y: task_loss(forward(model, p, x), y))
-    return _over_tasks(lambda xs, ys: g(theta, xs, ys), resolve_batching(batching, tasks.device), tasks.xs, tasks.ys)
-
 # %% ../nbs/09_analysis.ipynb #ab905db4
 def offdiag_mean(m:np.ndarray, idx:np.ndarray|None=None) -> float:
     "Mean of `m[i, j]` over pairs of distinct tasks (of the resample `idx` when given)."
@@ -140,7 +135,7 @@ def measure_checkpoint(model:torch.nn.Module, # the network (its own parameters 
         with torch.no_grad():
             ql, qa = _losses(model, adapted, tasks.xq, tasks.yq, mode)
             sl, _ = _losses(model, adapted, tasks.xs, tasks.ys, mode)
-        G = flatten(support_grads(model, theta, tasks, mode), 1).detach()
+        G = flatten(support_gradients(model, theta, tasks, cfg.bn_mode, vectorize=mode == 'vmap'), 1).detach()
     D = flatten(adapted, 1) - flatten(theta)[None]
     out['task'].update(**({'query_acc': qa} if qa is not None else {}), query_loss=ql, support_loss=sl, distance=D.norm(dim=1))
     _curvature(model, adapted, tasks, cfg, out)
