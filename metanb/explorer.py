@@ -224,20 +224,27 @@ def _square_axes(pts:dict, n:int, margin:float=0.5) -> tuple[Tensor, Tensor]:
 # %% ../nbs/12_explorer.ipynb #9f3d099e
 @patch_to(RunBackend)
 def _landscapes(self, step:int, tasks:tuple, kind:str, progress:Callable|None):
-    "One `metanb.landscape.Landscape` per task (the same line or plane for all but '1d'), theta_s and the solutions."
+    "The slices of `tasks` (a line per task for '1d', one plane scoring every task otherwise), theta_s and the solutions."
     from metanb import landscape as L
-    from metanb.maml import adapt
-    from metanb.analysis import load_params
+    from metanb.analysis import adapt_tasks, load_params
+    from metanb.core import unstack_params
+    from metanb.hessian import bn_context
     p, b = load_params(self.run_dir/'checkpoints'/f'step_{int(step):06d}.pt'), self.family.batch(list(tasks))
-    sols = [adapt(self.model, p, b.xs[i], b.ys[i], steps=self.steps, lr=self.lr) for i in range(len(tasks))]
-    kw, out = dict(bn_mode=self.bn_mode, chunk_size=self.chunk_size), []
-    if kind == 'tasks': x, y = _square_axes(L.task_plane_basis(p, sols[0], sols[1])[1], self.res)
-    for i in range(len(tasks)):
-        if kind == '1d': out.append(L.line_slice(self.model, p, sols[i], b[i], **kw))
-        elif kind == 'tasks': out.append(L.task_plane(self.model, p, sols[0], sols[1], b[i], x=x, y=y, **kw))
-        else: out.append(L.random_plane(self.model, p, b[i], n=self.res, span=self.random_span, seed=self.seed, **kw))
-        if progress: progress(i + 1, len(tasks))
-    return out, p, sols
+    with bn_context(self.model, self.bn_mode):   # the solutions the analysis measured
+        sols = unstack_params(adapt_tasks(self.model, p, b, steps=self.steps, lr=self.lr))
+    kw = dict(bn_mode=self.bn_mode, chunk_size=self.chunk_size)
+    if kind == '1d':
+        out = []
+        for i in range(len(tasks)):
+            out.append(L.line_slice(self.model, p, sols[i], b[i], **kw))
+            if progress: progress(i + 1, len(tasks))
+        return out, p, sols
+    if kind == 'tasks':
+        x, y = _square_axes(L.task_plane_basis(p, sols[0], sols[1])[1], self.res)
+        land = L.task_plane(self.model, p, sols[0], sols[1], b, x=x, y=y, **kw)
+    else: land = L.random_plane(self.model, p, b, n=self.res, span=self.random_span, seed=self.seed, **kw)
+    if progress: progress(1, 1)
+    return [land], p, sols
 
 # %% ../nbs/12_explorer.ipynb #46b3a9cb
 @patch_to(RunBackend)
@@ -264,7 +271,7 @@ def slice(self, step:int, tasks:tuple, kind:str, loss:str, progress:Callable|Non
     l0, pts = lands[0], self._points(kind, tasks, lands[0], flatten(p), S)
     meta = dict(_axis_labels(kind, tasks), distances={str(t): float((S[i] - theta).norm()) for i, t in enumerate(tasks)})
     def make(which):
-        vals = np.stack([getattr(l, f'{which}_loss')[0].double().cpu().numpy() for l in lands])
+        vals = np.concatenate([getattr(l, f'{which}_loss').double().cpu().numpy() for l in lands])   # [n_tasks, ...]
         return Slice(kind, which, int(step), tasks, l0.x.double().numpy(), None if l0.y is None else l0.y.double().numpy(), vals, pts, meta)
     return [make(loss)] + [make(o) for o in LOSSES if o != loss]
 
