@@ -4,12 +4,12 @@
 
 # %% ../nbs/13_cli.ipynb #bdb00bb7
 from __future__ import annotations
-import sys, os, json, math, time, argparse, inspect, contextlib
+import sys, os, json, math, time, argparse, inspect
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from fastcore.script import anno_parser, Param, store_true
-from .core import get_device, write_text
+from .core import get_device, write_text, torch_threads
 GENERALIZATION = 'query_acc'  # = metanb.stats.GENERALIZATION (pandas, the stats and the plots are imported when used: `metanb --help` stays quick)
 
 # %% auto #0
@@ -270,15 +270,6 @@ def _analyser():
     else: from metanb.analysis import analyse_run as f
     return f
 
-@contextlib.contextmanager
-def _torch_threads(n:int|None):
-    "Run the block with `n` torch threads (None: unchanged), restoring the setting after."
-    import torch
-    old = torch.get_num_threads()
-    if n: torch.set_num_threads(n)
-    try: yield
-    finally: torch.set_num_threads(old)
-
 def _train_one(s:dict, variant:str, seed:int, device:str, run_dir:Path, progress:bool):
     "Train (or resume, or find finished) one run of a study."
     train = _trainer()
@@ -289,9 +280,9 @@ def _train_one(s:dict, variant:str, seed:int, device:str, run_dir:Path, progress
     _say(f"trained {run_dir.name} in {time.perf_counter() - t0:.0f}s" + (f" (val_acc {r['val_acc']:.3f})" if 'val_acc' in r else ''))
 
 def _check_workers(s:dict, device:str):
-    "Task threads serve the per-task loop of a CPU; on CUDA `meta_grad` batches tasks with vmap instead."
-    from metanb.core import get_device
-    _need((s.get('workers') or 1) == 1 or get_device(device).type == 'cpu', '--workers',
+    "Task threads serve `meta_grad`'s per-task loop (its choice on a CPU); on CUDA it batches tasks with vmap instead."
+    from metanb.maml import resolve_batching
+    _need((s.get('workers') or 1) == 1 or resolve_batching('auto', get_device(device)) == 'loop', '--workers',
           f"task threads are for CPU training (loop batching); on {device} tasks are batched with vmap: drop --workers")
 
 def _fresh(dirs:list[Path], option:str='--no_resume'):
@@ -325,13 +316,14 @@ def study(preset:str='quick', # quick (default), omniglot-5w1s, omniglot-20w1s, 
                          checkpoints=checkpoints, strength=strength, threads=threads, workers=workers)
     vs, sd, dev = _variants(s, variants, regularizer), parse_seeds(seeds), check_device(device)
     _check_workers(s, dev)
-    root = check_out(out)/preset
-    dirs = [_run_dir(root, v, seed) for v in vs for seed in sd]
+    root = _study_dir(check_out(out), s)
+    runs = [(v, seed, _run_dir(root, v, seed)) for v in vs for seed in sd]
+    dirs = [d for *_, d in runs]
     if no_resume: _fresh(dirs)
     analyse_run, t0 = _analyser(), time.perf_counter()
     _say(f"metanb study: preset {preset}, variants {', '.join(vs)}, seeds {sd} -> {root}")
-    for d in dirs: _train_one(s, d.name.rsplit('-s', 1)[0], int(d.name.rsplit('-s', 1)[1]), dev, d, not quiet)
-    with _torch_threads(s.get('threads')):
+    for v, seed, d in runs: _train_one(s, v, seed, dev, d, not quiet)
+    with torch_threads(s.get('threads')):
         for d in dirs: analyse_run(d, analysis_config(s, dev), progress=not quiet, log=_say)
     if not _main_rank(): return None
     rep = write_report(dirs, root, title=f'metanb study: {preset}')
@@ -409,10 +401,10 @@ def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
     check_number(tol, '--tol', 0, 1, open_lo=True); check_number(threads, '--threads', 1, integer=True)
     _need(bn_mode in ('batch', 'running'), '--bn_mode', f"must be 'batch' or 'running', got {bn_mode!r}")
     cfg = AnalysisConfig(n_tasks=tasks, seed=seed, steps=steps, tol=tol, hessian=not no_hessian, trace=trace, bn_mode=bn_mode, device=check_device(device))
-    if threads: import torch; torch.set_num_threads(threads)
-    for d in dirs:
-        analyse_run(d, cfg, force=force, progress=not quiet, log=_say)
-        _say(f"analysis: {d/'analysis'/'summary.csv'}")
+    with torch_threads(threads):
+        for d in dirs:
+            analyse_run(d, cfg, force=force, progress=not quiet, log=_say)
+            _say(f"analysis: {d/'analysis'/'summary.csv'}")
 
 def report(runs:Param('run directories (analysed)', str, nargs='+', opt=False)=None,
            out:str=None, # where report.md and figures/ go (default: the run, or the runs' common parent)

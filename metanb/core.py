@@ -14,7 +14,7 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['Params', 'params_of', 'tmap', 'dot', 'norm', 'axpy', 'scale', 'sub', 'zeros_like', 'numel', 'flatten', 'unflatten',
            'stack_params', 'unstack_params', 'seed_everything', 'make_generator', 'get_device', 'tune_malloc',
-           'atomic_write', 'write_text', 'write_json', 'torch_save', 'data_dir']
+           'torch_threads', 'atomic_write', 'write_text', 'write_json', 'torch_save', 'data_dir']
 
 # %% ../nbs/00_core.ipynb #8a74990d
 Params = dict[str, Tensor]
@@ -126,6 +126,14 @@ def tune_malloc(top_pad_mb:int=64, # grow the heap this much beyond each request
     settings = [(M_TRIM_THRESHOLD, trim_mb), (M_TOP_PAD, top_pad_mb), (M_MMAP_THRESHOLD, min(mmap_mb, 32))]
     _MALLOC_TUNED = all(mallopt(k, v << 20) == 1 for k, v in settings)
     return _MALLOC_TUNED
+
+@contextlib.contextmanager
+def torch_threads(n:int|None):
+    "Run the block with `n` torch intra-op threads (None or 0: unchanged), restoring the setting after."
+    old = torch.get_num_threads()
+    if n: torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(old)
 
 # %% ../nbs/00_core.ipynb #2789ba63
 def _umask() -> int:

@@ -4,13 +4,13 @@
 
 # %% ../nbs/14_distributed.ipynb #271a4cbb
 from __future__ import annotations
-import atexit, datetime, hashlib, inspect, math, os, pickle, queue, socket, subprocess, sys, time, traceback
+import atexit, datetime, hashlib, math, os, pickle, queue, socket, subprocess, sys, time, traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable
 import torch, torch.distributed as dist, torch.multiprocessing as mp
 from torch import Tensor
-from .core import Params, get_device, flatten, unflatten
+from .core import Params, get_device, flatten, unflatten, zeros_like, torch_threads
 from .tasks import TaskBatch, TaskLoader
 from .maml import meta_grad
 from .runs import TrainLog, load_data, list_checkpoints
@@ -138,7 +138,7 @@ def all_reduce_grads(grads:Params, # this rank's gradient
     "$\\sum_r w_r\\,g_r$ over the ranks, returned on every rank (one all-reduce per dtype)."
     n, out = world()[1], {}
     for keys in _buckets(grads):
-        flat = torch.cat([grads[k].detach().reshape(-1) for k in keys]).mul_(weight)
+        flat = flatten({k: grads[k] for k in keys}).detach().mul_(weight)
         if n > 1: dist.all_reduce(flat)
         out.update(unflatten(flat, {k: grads[k] for k in keys}))
     return {k: out[k] for k in grads}
@@ -166,7 +166,7 @@ def broadcast_params(params:Params, src:int=0) -> Params:
     "Overwrite every rank's `params` in place with rank `src`'s (one broadcast per dtype); returns them."
     if world()[1] == 1: return params
     for keys in _buckets(params):
-        flat = torch.cat([params[k].detach().reshape(-1) for k in keys])
+        flat = flatten({k: params[k] for k in keys}).detach()
         dist.broadcast(flat, src)
         with torch.no_grad():
             for k, v in unflatten(flat, {k: params[k] for k in keys}).items(): params[k].copy_(v)
@@ -279,7 +279,7 @@ class _DistTrainer(_Trainer):
     def grads(self, step:int, tasks) -> tuple[Params, dict]:
         "The meta-batch's gradient and metrics of `step`, on every rank."
         if self.ft_cls:  # one coupled image batch: computed on rank 0, broadcast
-            g, m = super().grads(step, None) if self.rank == 0 else ({k: torch.zeros_like(v) for k, v in self.params.items()}, None)
+            g, m = super().grads(step, None) if self.rank == 0 else (zeros_like(self.params), None)
             return broadcast_params(g), broadcast_object(m)
         g, m = super().grads(step, tasks)
         w = len(tasks) / self.cfg.meta_batch
@@ -326,10 +326,7 @@ def train_distributed(config:TrainConfig|dict, # the run's config
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
     rank, n = init_distributed(backend, cfg.device)
     if n == 1: return train(cfg, run_dir, resume=resume, progress=progress, data=data)
-    threads = torch.get_num_threads()
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    try: return _train_dist(cfg, Path(run_dir), progress, resume, data)
-    finally: torch.set_num_threads(threads)
+    with torch_threads(cfg.threads): return _train_dist(cfg, Path(run_dir), progress, resume, data)
 
 # %% ../nbs/14_distributed.ipynb #ca442275
 def _train_float64(config:dict, run_dir:str) -> dict:
@@ -369,7 +366,7 @@ def analyse_run_distributed(run_dir:str|Path, # a run directory
     steps = run_on_main(lambda: sorted(steps_only) if steps_only is not None else list_checkpoints(run_dir))
     if not steps: return run_on_main(lambda: analyse_run(run_dir, cfg, steps_only=steps_only, progress=False, log=log, **kw))  # its error
     mine, err = shard_checkpoints(steps, rank, n), None
-    if 'merge' in inspect.signature(analyse_run).parameters: kw = {**kw, 'merge': False}  # rank 0 merges once, below
+    kw = {**kw, 'merge': False}   # rank 0 merges once, below
     try:
         if mine: analyse_run(run_dir, cfg, steps_only=mine, progress=progress and rank == 0, log=log, **kw)
     except Exception as e: err = e

@@ -11,7 +11,7 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from fastcore.basics import patch
-from .core import Params, get_device, make_generator, seed_everything, tune_malloc
+from .core import Params, get_device, make_generator, seed_everything, tune_malloc, torch_threads
 from .tasks import ImageClasses, TaskLoader, task_seed, to_float
 from .maml import meta_grad, evaluate, forward, accuracy
 from .models import fused_batchnorm
@@ -253,6 +253,7 @@ def _progress(it, total, on):
 # %% ../nbs/04_train.ipynb #aac6a0b2
 def _loop(T, cfg:TrainConfig, run_dir:Path, start:int, log, progress:bool, before_save=None) -> dict:
     "The meta-training loop from `start` (shared with `metanb.distributed`); `before_save(step)` runs before each checkpoint."
+    tune_malloc()   # reuse freed activations instead of page-faulting fresh memory (metanb.core)
     last, t0, val, sched = start, time.perf_counter(), {}, set(checkpoint_steps(cfg))
     log.resume_from(start)
     batches = None if T.ft_cls else iter(TaskLoader(T.train_tasks, cfg.meta_batch, start=start, stop=cfg.meta_iters, device=T.device))
@@ -292,8 +293,4 @@ def train(config:TrainConfig|dict, # the run's config
          ) -> dict:
     "Meta-train (or finetune) into `run_dir`, resuming if it has checkpoints; returns the last validation and timing."
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
-    tune_malloc()   # reuse freed activations instead of page-faulting fresh memory (metanb.core)
-    threads = torch.get_num_threads()
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    try: return _train(cfg, Path(run_dir), resume, progress, data)
-    finally: torch.set_num_threads(threads)
+    with torch_threads(cfg.threads): return _train(cfg, Path(run_dir), resume, progress, data)
