@@ -29,6 +29,16 @@ def case(name, group='cli'):
     return deco
 
 
+def _default_sigint():
+    "Ctrl-C as in a terminal, even when the sweep runs in the background (where SIGINT is inherited as ignored)."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _communicate(p, timeout=60):
+    try: return p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired: p.kill(); p.communicate(); raise
+
+
 class Ctx:
     "One case's temp folder and the ways to run metanb from the tree under test."
     def __init__(self, tree:Path, tmp:Path, base:dict):
@@ -43,7 +53,7 @@ class Ctx:
 
     def popen(self, *args, **kw):
         return subprocess.Popen([sys.executable, '-m', 'metanb.cli', *map(str, args)], cwd=self.tmp, env=self.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
 
     def py(self, code:str, timeout=300):
         "Run library code; it prints 'RESULT <json>' or fails."
@@ -595,7 +605,7 @@ def _(ctx):
     t0 = time.monotonic()
     while not (ctx.tmp/'run'/'checkpoints'/'step_000000.pt').exists() and p.poll() is None and time.monotonic() - t0 < 120: time.sleep(0.01)
     time.sleep(0.5); p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
+    out, err = _communicate(p)
     r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     cat, note = classify(r)
     if cat == 'error' and p.returncode != 130: note += '  [exit is not 130]'
@@ -605,12 +615,11 @@ def _(ctx):
 @case('SIGINT during analyze', 'faults')
 def _(ctx):
     run = ctx.run_copy('trained')
-    p = subprocess.Popen([sys.executable, '-m', 'metanb.cli', 'analyze', str(run), '--tasks', 40, '--tol', 1e-4, '--quiet'],
-                         cwd=ctx.tmp, env=ctx.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = ctx.popen('analyze', run, '--tasks', 40, '--tol', 1e-4, '--quiet')
     t0 = time.monotonic()
     while not (run/'analysis').exists() and p.poll() is None and time.monotonic() - t0 < 120: time.sleep(0.01)
     time.sleep(1.0); p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
+    out, err = _communicate(p)
     if p.returncode == 0: return 'skip', 'the analysis finished before the signal'
     return classify(subprocess.CompletedProcess(p.args, p.returncode, out, err))
 
@@ -667,7 +676,7 @@ def _(ctx):
 def _(ctx):
     ref = _reference(ctx)
     ps = [ctx.popen('train', *KILL, '--out', ctx.tmp, '--name', 'run') for _ in range(2)]
-    res = [p.communicate(timeout=300) for p in ps]
+    res = [_communicate(p, 300) for p in ps]
     codes = [p.returncode for p in ps]
     got = _params(ctx, ctx.tmp/'run'/'checkpoints'/'step_000200.pt')
     if got != ref: return 'corrupt', f'exits {codes}: the final checkpoint differs from an uninterrupted run'
@@ -680,9 +689,8 @@ def _(ctx):
 @case('two analyzers on one run at once', 'faults')
 def _(ctx):
     run = ctx.run_copy('trained')
-    ps = [subprocess.Popen([sys.executable, '-m', 'metanb.cli', 'analyze', str(run), '--tasks', 3, '--tol', 1e-2, '--quiet'],
-                           cwd=ctx.tmp, env=ctx.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    res = [p.communicate(timeout=300) for p in ps]; codes = [p.returncode for p in ps]
+    ps = [ctx.popen('analyze', run, '--tasks', 3, '--tol', 1e-2, '--quiet') for _ in range(2)]
+    res = [_communicate(p, 300) for p in ps]; codes = [p.returncode for p in ps]
     r = ctx.cli('report', run)
     if r.returncode != 0: return 'corrupt', f'exits {codes}; the report afterwards fails: ' + (_err_lines(r.stderr) or [''])[-1][:150]
     if all(c == 0 for c in codes): return 'ok', 'both exit 0 and the run reports'

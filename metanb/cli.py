@@ -211,7 +211,7 @@ def _figures(ckpt, runs:list[Path], fig_dir:Path) -> tuple[list[Path], list[str]
     attempt('trajectory_cosines.png', heat)
     return made, skipped
 
-# %% ../nbs/13_cli.ipynb #87085934
+# %% ../nbs/13_cli.ipynb #3992a850
 def check_analysis(run:Path) -> tuple['pd.DataFrame', list[str]]:
     "A run's per-checkpoint table cross-checked against its analysis step folders and its checkpoint schedule: `(table, what is missing)`."
     from metanb.analysis import collect
@@ -507,7 +507,7 @@ def _usage() -> str:
     return 'usage: metanb {' + ','.join(COMMANDS) + '} [options] [--debug]   (metanb COMMAND --help for its options; --debug: tracebacks)\n' + \
            '\n'.join(f'  {k:8s} {inspect.getdoc(f).splitlines()[0]}' for k, f in COMMANDS.items())
 
-# %% ../nbs/13_cli.ipynb #edb3062f
+# %% ../nbs/13_cli.ipynb #ae2c1d76
 _EXPECTED = (ValueError, KeyError, TypeError, RuntimeError, FloatingPointError)  # raised by metanb's code: a message for the user
 ISSUES = 'https://github.com/metanb/metanb/issues'
 
@@ -532,17 +532,27 @@ def _disk_full(e:BaseException) -> OSError|None:
         seen.add(id(e)); e = e.__cause__ or e.__context__
     return None
 
+def _written_path(e:BaseException) -> str|None:
+    "The file a failed write was writing: the exception's filename, else the `path` of the innermost metanb frame that has one."
+    if getattr(e, 'filename', None): return str(e.filename)
+    import metanb
+    pkg, tb, frames = Path(metanb.__file__).resolve().parent, e.__traceback__, []
+    while tb is not None: frames.append(tb.tb_frame); tb = tb.tb_next
+    for f in reversed(frames):
+        if Path(f.f_code.co_filename).resolve().is_relative_to(pkg) and isinstance(f.f_locals.get('path'), (str, Path)): return str(f.f_locals['path'])
+    return None
+
 def expected_error(e:BaseException) -> bool:
     "Whether `e` is an expected failure (one line for the user) rather than a bug (a traceback)."
     if isinstance(e, (OptionError, _UsageError) + _own_errors()) or _disk_full(e) is not None: return True
     if isinstance(e, OSError) and (e.errno is not None or _raised_in_metanb(e)): return True
     return isinstance(e, _EXPECTED) and _raised_in_metanb(e)
 
-# %% ../nbs/13_cli.ipynb #41e64671
+# %% ../nbs/13_cli.ipynb #459721d9
 def error_message(e:BaseException) -> str:
     "The one-line message of an expected failure `e`."
     if (full := _disk_full(e)) is not None:
-        return f"no space left on the device writing {full.filename or 'a file'}: free some space and run the same command again (finished work is kept)"
+        return f"no space left on the device writing {_written_path(full) or 'a file'}: free some space and run the same command again (finished work is kept)"
     msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
     return ' '.join((msg or type(e).__name__).split())
 
@@ -557,7 +567,7 @@ def _fail(cmd:str, e:BaseException, debug:bool) -> int:
     print(f"metanb {cmd}: internal error ({type(e).__name__}): this is a bug in metanb; please report it with the traceback above at {ISSUES}", file=sys.stderr)
     return 1
 
-# %% ../nbs/13_cli.ipynb #78a5f2c7
+# %% ../nbs/13_cli.ipynb #b4ace323
 def _err_line(cmd:str, code:int, msg:str):
     "Print `metanb cmd: error: msg` (rank 0 only; under `--nproc` the rank writes it for the launcher to print once)."
     line = f"metanb {cmd}: error{'' if _main_rank() else ' (rank ' + os.environ['RANK'] + ')'}: {msg}"
