@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 from fastprogress.fastprogress import progress_bar
-from .core import Params, flatten, stack_params, unstack_params, get_device, write_json, atomic_write, tune_malloc
+from .core import Params, flatten, stack_params, unstack_params, get_device, write_json, atomic_write, tune_malloc, full_float32
 from .tasks import TaskBatch
 from .maml import adapt, forward, task_loss, accuracy, resolve_batching
 from .coherence import pairwise_cosine, gram, support_gradients
@@ -247,6 +247,7 @@ def analyse_checkpoint(run_dir:str|Path, step:int, cfg:AnalysisConfig, *, model,
 # %% ../nbs/09_analysis.ipynb #a74fe5e2
 def _log(msg:str): print(msg, flush=True)
 
+@full_float32()
 def analyse_run(run_dir:str|Path, # a run directory: config.json + checkpoints/step_NNNNNN.pt
                 cfg:AnalysisConfig|None=None, # analysis settings (default: AnalysisConfig())
                 *, model=None, family=None, # override the run's model / meta-test task family (default: from config.json)

@@ -11,7 +11,7 @@ from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
-from .core import Params, stack_params, unstack_params
+from .core import Params, stack_params, unstack_params, full_float32
 from .models import fused_batchnorm, _active_transforms
 from .tasks import TaskBatch
 
@@ -214,6 +214,7 @@ def _map_groups(fn, model, groups, workers:int):
     with ThreadPoolExecutor(workers, thread_name_prefix='metanb-maml') as ex: yield from ex.map(call, groups)
 
 # %% ../nbs/03_maml.ipynb #27e5038f
+@full_float32()
 def meta_grad(model:nn.Module, params:Params, tasks:TaskBatch,
               *, steps:int, lr:float, first_order:bool=False,
               batching:str='auto', # 'loop', 'vmap' or 'auto'
@@ -239,6 +240,7 @@ def meta_grad(model:nn.Module, params:Params, tasks:TaskBatch,
     return grads, {k: float(v) / n for k, v in acc.items()}
 
 # %% ../nbs/03_maml.ipynb #f2285021
+@full_float32()
 def evaluate(model:nn.Module, params:Params, tasks:TaskBatch, *, steps:int, lr:float,
              batching:str='auto', group_size:int|None=None, loss:Callable|None=None, fused_bn:bool=True) -> dict[str, Tensor]:
     "Per-task query `loss`, `acc` (classification) and pre-adaptation `support_loss` after `steps` inner steps."
