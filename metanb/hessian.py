@@ -11,7 +11,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, vmap, jvp, grad as func_grad
 from .core import Params, flatten, unflatten, numel, make_generator, full_float32
-from .models import MetaBatchNorm
+from .models import MetaBatchNorm, vmap_inexact
 
 # %% auto #0
 __all__ = ['BN_MODES', 'METHODS', 'WHICH', 'bn_context', 'ModelLoss', 'make_loss_fn', 'make_batch_loss_fn', 'HessianOperator',
@@ -62,8 +62,11 @@ def _check_bn_mode(model, bn_mode):
 # %% ../nbs/05_hessian.ipynb #2f682e11
 class ModelLoss:
     "`loss_fn(params)`: the mean loss of `model` on `(x, y)` in a stated batchnorm mode; per-task losses `[T]` when `batched`."
-    def __init__(self, model:nn.Module, x:Tensor, y:Tensor, bn_mode:str='batch', loss='auto', batched:bool=False, vectorize:bool=True):
+    def __init__(self, model:nn.Module, x:Tensor, y:Tensor, bn_mode:str='batch', loss='auto', batched:bool=False, vectorize:bool|None=None):
         _check_bn_mode(model, bn_mode)
+        bad = vmap_inexact(model) if batched else []
+        if vectorize and bad: raise ValueError(f"vectorize=True would vmap second derivatives through {', '.join(bad[:3])}, which are inexact under torch.func.vmap: pass vectorize=False (a loop over tasks) or convert batchnorms with metanb.models.exact_batchnorm(model)")
+        if vectorize is None: vectorize = not bad
         if batched and x.shape[0] != y.shape[0]: raise ValueError(f"xs and ys disagree on the number of tasks: {x.shape[0]} vs {y.shape[0]}")
         self.model, self.x, self.y, self.bn_mode, self.loss, self.batched, self.vectorize = model, x, y, bn_mode, loss, batched, vectorize
         self._loss = _resolve_loss(loss, y)
@@ -94,7 +97,7 @@ def make_loss_fn(model:nn.Module, x:Tensor, y:Tensor, # one task's inputs and ta
 
 def make_batch_loss_fn(model:nn.Module, xs:Tensor, ys:Tensor, # [T, ...] per-task inputs and targets
                        bn_mode:str='batch', loss='auto',
-                       vectorize:bool=True, # vmap over tasks (True) or a Python loop
+                       vectorize:bool|None=None, # vmap over tasks (True), a Python loop (False); None: vmap unless the model's layers are inexact under vmap
                       ) -> ModelLoss:
     "A `loss_fn(params) -> [T]` of per-task losses for params whose tensors lead with a task dimension."
     return ModelLoss(model, xs, ys, bn_mode, loss, batched=True, vectorize=vectorize)
