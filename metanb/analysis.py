@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 from fastprogress.fastprogress import progress_bar
-from .core import Params, flatten, stack_params, unstack_params, get_device, write_json, atomic_write, tune_malloc
+from .core import Params, flatten, stack_params, unstack_params, get_device, write_json, atomic_write, tune_malloc, full_float32
 from .tasks import TaskBatch
 from .maml import adapt, forward, task_loss, accuracy, resolve_batching
 from .coherence import pairwise_cosine, gram, support_gradients
@@ -79,7 +79,7 @@ def _over_tasks(f:Callable, mode:str, *xs) -> Params|Tensor:
 
 def adapt_tasks(model, theta:Params, tasks:TaskBatch, *, steps:int, lr:float, batching:str='auto') -> Params:
     "Adapted params of every task of `tasks` (tensors lead with the task dim), from `theta`."
-    mode = resolve_batching(batching, tasks.device)
+    mode = resolve_batching(batching, tasks.device, model, second_order=False)
     return _over_tasks(lambda xs, ys: adapt(model, theta, xs, ys, steps=steps, lr=lr), mode, tasks.xs, tasks.ys)
 
 # %% ../nbs/09_analysis.ipynb #ab905db4
@@ -111,7 +111,7 @@ def _losses(model, ps:Params, x:Tensor, y:Tensor, mode:str) -> tuple[Tensor, Ten
 # %% ../nbs/09_analysis.ipynb #4c7a0738
 def _curvature(model, adapted:Params, tasks:TaskBatch, cfg:AnalysisConfig, out:dict):
     "Add the top eigenvalue (and trace) of each task's support-loss Hessian at its solution to `out`."
-    lf = make_batch_loss_fn(model, tasks.xs, tasks.ys, bn_mode=cfg.bn_mode, vectorize=resolve_batching(cfg.batching, tasks.device) == 'vmap')
+    lf = make_batch_loss_fn(model, tasks.xs, tasks.ys, bn_mode=cfg.bn_mode, vectorize=resolve_batching(cfg.batching, tasks.device, model) == 'vmap')
     if cfg.hessian:
         r = batch_top_eigenvalue(lf, adapted, which=cfg.which, rtol=cfg.tol, max_iter=cfg.max_iter, seed=cfg.seed, chunk_size=cfg.chunk_size)
         out['task'].update(top_eig=r.value.abs() if cfg.which == 'LM' else r.value, top_eig_err=r.error_bound)
@@ -128,7 +128,7 @@ def measure_checkpoint(model:torch.nn.Module, # the network (its own parameters 
                        cfg:AnalysisConfig, *, steps:int, lr:float, # meta-test inner steps and learning rate
                       ) -> dict:
     "Per-task measures (`out['task']`, tensors `[n]`), pairwise matrices (`out['pairwise']`) and per-checkpoint coherences."
-    mode, out = resolve_batching(cfg.batching, tasks.device), {'task': {}, 'pairwise': {}, 'checkpoint': {}, 'info': {}}
+    mode, out = resolve_batching(cfg.batching, tasks.device, model, second_order=False), {'task': {}, 'pairwise': {}, 'checkpoint': {}, 'info': {}}
     theta = {k: v.detach() for k, v in theta.items()}
     with bn_context(model, cfg.bn_mode):
         adapted = {k: v.detach() for k, v in adapt_tasks(model, theta, tasks, steps=steps, lr=lr, batching=mode).items()}
@@ -247,6 +247,7 @@ def analyse_checkpoint(run_dir:str|Path, step:int, cfg:AnalysisConfig, *, model,
 # %% ../nbs/09_analysis.ipynb #a74fe5e2
 def _log(msg:str): print(msg, flush=True)
 
+@full_float32()
 def analyse_run(run_dir:str|Path, # a run directory: config.json + checkpoints/step_NNNNNN.pt
                 cfg:AnalysisConfig|None=None, # analysis settings (default: AnalysisConfig())
                 *, model=None, family=None, # override the run's model / meta-test task family (default: from config.json)

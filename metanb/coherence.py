@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch, torch.nn as nn
 from torch import Tensor
 from torch.func import vmap, grad
-from .core import Params, flatten
+from .core import Params, flatten, full_float32
 from .hessian import ModelLoss, bn_context
 
 # %% auto #0
@@ -71,6 +71,7 @@ def distances(thetas:Tensor|Params, theta_s:Tensor|Params) -> Tensor:
     return gram(thetas, theta_s).diagonal().sqrt()
 
 # %% ../nbs/06_coherence.ipynb #105ebb27
+@full_float32()
 def task_gradients(model:nn.Module, params:Params, # the point theta_s (no task dim)
                    xs:Tensor, ys:Tensor, # [T, ...] per-task inputs and targets (e.g. a TaskBatch's support set)
                    bn_mode:str='batch', loss='auto',
@@ -85,6 +86,7 @@ def task_gradients(model:nn.Module, params:Params, # the point theta_s (no task 
         outs = [g(p, xs[i], ys[i]) for i in range(len(xs))]
     return {k: torch.stack([o[k] for o in outs]) for k in p}
 
+@full_float32()
 def support_gradients(model:nn.Module, params:Params, tasks, bn_mode:str='batch', loss='auto', vectorize:bool=True) -> Params:
     "`task_gradients` on the support sets of a `TaskBatch`."
     return task_gradients(model, params, tasks.xs, tasks.ys, bn_mode, loss, vectorize)

@@ -14,7 +14,7 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['Params', 'params_of', 'tmap', 'dot', 'norm', 'axpy', 'scale', 'sub', 'zeros_like', 'numel', 'flatten', 'unflatten',
            'stack_params', 'unstack_params', 'seed_everything', 'make_generator', 'get_device', 'tune_malloc',
-           'torch_threads', 'atomic_write', 'write_text', 'write_json', 'torch_save', 'data_dir']
+           'torch_threads', 'full_float32', 'atomic_write', 'write_text', 'write_json', 'torch_save', 'data_dir']
 
 # %% ../nbs/00_core.ipynb #8a74990d
 Params = dict[str, Tensor]
@@ -134,6 +134,17 @@ def torch_threads(n:int|None):
     if n: torch.set_num_threads(n)
     try: yield
     finally: torch.set_num_threads(old)
+
+# %% ../nbs/00_core.ipynb #97984b0f
+@contextlib.contextmanager
+def full_float32():
+    "In this block (or decorated function) CUDA matmuls and convolutions use full float32, not TF32 (`METANB_TF32=1`: leave as is)."
+    b = torch.backends
+    if os.environ.get('METANB_TF32') == '1': yield; return
+    old = b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32
+    b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = False
+    try: yield
+    finally: b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = old
 
 # %% ../nbs/00_core.ipynb #2789ba63
 def _umask() -> int:

@@ -21,8 +21,8 @@ from .train import (TrainConfig, train, checkpoint_steps, check_finite, _Trainer
 __all__ = ['BACKENDS', 'world', 'is_main', 'barrier', 'resolve_backend', 'rank_device', 'init_distributed', 'shard_range',
            'shard_indices', 'shard_checkpoints', 'ShardedTasks', 'check_sharding', 'all_reduce_grads',
            'all_reduce_metrics', 'broadcast_object', 'broadcast_params', 'run_on_main', 'in_sync',
-           'distributed_meta_grad', 'free_port', 'launch', 'train_distributed', 'analyse_run_distributed',
-           'torchrun_command', 'run_torchrun', 'split_nproc', 'set_deterministic']
+           'distributed_meta_grad', 'free_port', 'launch', 'train_distributed', 'set_deterministic',
+           'analyse_run_distributed', 'torchrun_command', 'run_torchrun', 'split_nproc']
 
 # %% ../nbs/14_distributed.ipynb #bfb420df
 def world() -> tuple[int, int]:
@@ -334,6 +334,13 @@ def _train_float64(config:dict, run_dir:str) -> dict:
     torch.set_default_dtype(torch.float64)
     return train_distributed(config, run_dir, progress=False)
 
+# %% ../nbs/14_distributed.ipynb #04ec2e09
+def set_deterministic(on:bool=True):
+    "Ask PyTorch for deterministic kernels (cuDNN, cuBLAS workspace, `use_deterministic_algorithms` in warn-only mode)."
+    if on: os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = on, not on and torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(on, warn_only=True)
+
 # %% ../nbs/14_distributed.ipynb #60955871
 def _meta_grad_on(device, model, params:Params, tasks:TaskBatch, kw:dict) -> tuple[Params, dict]:
     "`distributed_meta_grad` with model, params and tasks moved to this rank's `device`; the gradient comes back on CPU."
@@ -397,10 +404,3 @@ def split_nproc(argv:list[str]) -> tuple[int, list[str]]:
             if not v.isdigit() or int(v) < 1: raise ValueError(f"--nproc: needs a number of processes >= 1, got {v!r}")
             return int(v), argv[:i] + argv[i + (1 if '=' in a else 2):]
     return n, argv
-
-# %% ../nbs/14_distributed.ipynb #04ec2e09
-def set_deterministic(on:bool=True):
-    "Ask PyTorch for deterministic kernels (cuDNN, cuBLAS workspace, `use_deterministic_algorithms` in warn-only mode)."
-    if on: os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = on, not on and torch.backends.cudnn.benchmark
-    torch.use_deterministic_algorithms(on, warn_only=True)

@@ -10,8 +10,8 @@ from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, vmap, jvp, grad as func_grad
-from .core import Params, flatten, unflatten, numel, make_generator
-from .models import MetaBatchNorm
+from .core import Params, flatten, unflatten, numel, make_generator, full_float32
+from .models import MetaBatchNorm, vmap_inexact
 
 # %% auto #0
 __all__ = ['BN_MODES', 'METHODS', 'WHICH', 'bn_context', 'ModelLoss', 'make_loss_fn', 'make_batch_loss_fn', 'HessianOperator',
@@ -62,8 +62,11 @@ def _check_bn_mode(model, bn_mode):
 # %% ../nbs/05_hessian.ipynb #2f682e11
 class ModelLoss:
     "`loss_fn(params)`: the mean loss of `model` on `(x, y)` in a stated batchnorm mode; per-task losses `[T]` when `batched`."
-    def __init__(self, model:nn.Module, x:Tensor, y:Tensor, bn_mode:str='batch', loss='auto', batched:bool=False, vectorize:bool=True):
+    def __init__(self, model:nn.Module, x:Tensor, y:Tensor, bn_mode:str='batch', loss='auto', batched:bool=False, vectorize:bool|None=None):
         _check_bn_mode(model, bn_mode)
+        bad = vmap_inexact(model) if batched else []
+        if vectorize and bad: raise ValueError(f"vectorize=True would vmap second derivatives through {', '.join(bad[:3])}, which are inexact under torch.func.vmap: pass vectorize=False (a loop over tasks) or convert batchnorms with metanb.models.exact_batchnorm(model)")
+        if vectorize is None: vectorize = not bad
         if batched and x.shape[0] != y.shape[0]: raise ValueError(f"xs and ys disagree on the number of tasks: {x.shape[0]} vs {y.shape[0]}")
         self.model, self.x, self.y, self.bn_mode, self.loss, self.batched, self.vectorize = model, x, y, bn_mode, loss, batched, vectorize
         self._loss = _resolve_loss(loss, y)
@@ -94,7 +97,7 @@ def make_loss_fn(model:nn.Module, x:Tensor, y:Tensor, # one task's inputs and ta
 
 def make_batch_loss_fn(model:nn.Module, xs:Tensor, ys:Tensor, # [T, ...] per-task inputs and targets
                        bn_mode:str='batch', loss='auto',
-                       vectorize:bool=True, # vmap over tasks (True) or a Python loop
+                       vectorize:bool|None=None, # vmap over tasks (True), a Python loop (False); None: vmap unless the model's layers are inexact under vmap
                       ) -> ModelLoss:
     "A `loss_fn(params) -> [T]` of per-task losses for params whose tensors lead with a task dimension."
     return ModelLoss(model, xs, ys, bn_mode, loss, batched=True, vectorize=vectorize)
@@ -309,6 +312,7 @@ def _eig_run(op:HessianOperator, k:int, which:str, rtol:float, atol:float, max_i
     return out
 
 # %% ../nbs/05_hessian.ipynb #d26c825b
+@full_float32()
 def lanczos(loss_fn:Callable, params:Params,
             k:int=1, # how many eigenvalues
             which:str='LA', # 'LA' largest algebraic, 'SA' smallest algebraic (the bottom), 'LM' largest magnitude
@@ -324,6 +328,7 @@ def lanczos(loss_fn:Callable, params:Params,
     return EigResult(o['value'], o['bound'], o['n_hvp'], o['ok'], getattr(loss_fn, 'bn_mode', None), which, rtol,
                      o['Y'] if return_vectors else None)
 
+@full_float32()
 def top_eigenvalue(loss_fn:Callable, params:Params,
                    which:str='LA', # 'LA' largest algebraic, or 'LM' largest magnitude (spectral norm)
                    rtol:float=1e-4, atol:float=0.0, max_iter:int=200, method:str='double_backward', seed:int=0,
@@ -373,6 +378,7 @@ def _trace_stats(s:Tensor, rtol, atol):
     return m, se, len(s), bool(se <= max(rtol * m.abs().item(), atol))
 
 # %% ../nbs/05_hessian.ipynb #573c3960
+@full_float32()
 def hutchinson_trace(loss_fn:Callable, params:Params,
                      rtol:float=1e-2, # stop when the standard error <= rtol * |trace| ...
                      atol:float=0.0,  # ... or <= atol
@@ -401,6 +407,7 @@ class DensityResult:
         return (self.weights * f(self.nodes)).sum(1).mean()
 
 # %% ../nbs/05_hessian.ipynb #147d42a9
+@full_float32()
 def spectral_density(loss_fn:Callable, params:Params,
                      n_probes:int=8, # random probe vectors
                      n_iter:int=64,  # Lanczos steps per probe
@@ -433,6 +440,7 @@ def _chunks(loss_fn, params, chunk_size):
         yield a, loss_fn.subset(idx), {k: v[idx] for k, v in params.items()}
 
 # %% ../nbs/05_hessian.ipynb #b7630735
+@full_float32()
 def batch_lanczos(loss_fn:Callable, params:Params, k:int=1, which:str='LA', rtol:float=1e-4, atol:float=0.0,
                   max_iter:int=100, method:str='double_backward', seed:int=0, verify:bool=True,
                   chunk_size:int|None=16, # tasks per chunk (None: all at once)
@@ -446,6 +454,7 @@ def batch_lanczos(loss_fn:Callable, params:Params, k:int=1, which:str='LA', rtol
                           torch.tensor([o['n_hvp'] for o in outs]), torch.tensor([o['ok'] for o in outs]),
                           getattr(loss_fn, 'bn_mode', None), which, rtol)
 
+@full_float32()
 def batch_top_eigenvalue(loss_fn:Callable, params:Params, which:str='LA', rtol:float=1e-4, atol:float=0.0,
                          max_iter:int=100, method:str='double_backward', seed:int=0, verify:bool=True, chunk_size:int|None=16,
                         ) -> BatchEigResult:
@@ -456,6 +465,7 @@ def batch_top_eigenvalue(loss_fn:Callable, params:Params, which:str='LA', rtol:f
     return r
 
 # %% ../nbs/05_hessian.ipynb #da5aa4f8
+@full_float32()
 def batch_hutchinson_trace(loss_fn:Callable, params:Params, rtol:float=1e-2, atol:float=0.0, min_samples:int=10,
                            max_samples:int=1000, method:str='double_backward', seed:int=0, chunk_size:int|None=16,
                           ) -> TraceResult:

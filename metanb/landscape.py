@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch, torch.nn as nn
 from torch import Tensor
 from torch.func import functional_call, vmap
-from .core import Params, flatten, unflatten, make_generator
+from .core import Params, flatten, unflatten, make_generator, full_float32
 from .tasks import TaskBatch
 from .hessian import bn_context, _check_bn_mode, _resolve_loss
 
@@ -19,6 +19,7 @@ __all__ = ['evaluate_points', 'Landscape', 'slice_grid', 'line_slice', 'task_pla
 
 # %% ../nbs/08_landscape.ipynb #ae07cd32
 @torch.no_grad()
+@full_float32()
 def evaluate_points(model:nn.Module, points:Tensor, # [G, P] flat parameter vectors
                     like:Params, # a params dict giving the layout of a flat vector
                     tasks:TaskBatch, # the tasks to score (support and query sets)

@@ -11,8 +11,8 @@ from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
-from .core import Params, stack_params, unstack_params
-from .models import fused_batchnorm, _active_transforms
+from .core import Params, stack_params, unstack_params, full_float32
+from .models import fused_batchnorm, _active_transforms, vmap_inexact
 from .tasks import TaskBatch
 
 # %% auto #0
@@ -101,14 +101,22 @@ class Regularizer:
         "A scalar added to the outer loss (default: none)."
         return None
 
-# %% ../nbs/03_maml.ipynb #07a20307
+# %% ../nbs/03_maml.ipynb #a9ef4bc0
 BATCHING = ('loop', 'vmap', 'auto')
 
-def resolve_batching(batching:str, device) -> str:
-    "'loop' or 'vmap': `auto` picks vmap on CUDA, loop elsewhere."
+def resolve_batching(batching:str, # 'loop', 'vmap' or 'auto'
+                     device, # where the tasks are computed
+                     model:nn.Module|None=None, # the network, to check its layers are exact under vmap
+                     second_order:bool=True, # whether second derivatives flow through the tasks' computation
+                    ) -> str:
+    "'loop' or 'vmap': `auto` picks vmap on CUDA when exact for `model`, loop elsewhere."
     if batching not in BATCHING: raise ValueError(f"batching={batching!r} is unknown: use 'loop', 'vmap' or 'auto'")
-    if batching != 'auto': return batching
-    return 'vmap' if torch.device(device).type == 'cuda' else 'loop'
+    bad = vmap_inexact(model) if model is not None and second_order else []
+    if batching == 'auto': return 'vmap' if torch.device(device).type == 'cuda' and not bad else 'loop'
+    if batching == 'vmap' and bad:
+        fix = "convert them with metanb.models.exact_batchnorm(model) (same parameter names) or use batching='loop'" if all('BatchNorm' in b for b in bad) else "use batching='loop'"
+        raise ValueError(f"batching='vmap' would give wrong second derivatives for this model: its layers {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} are inexact under torch.func.vmap; {fix}")
+    return batching
 
 # %% ../nbs/03_maml.ipynb #c4e20a79
 def _query(model, p, xq, yq, loss, buffers, classify):
@@ -144,11 +152,11 @@ def _groups(tasks, group_size, mode, regularizer, per_task_default):
     if group_size < 1: raise ValueError(f"group_size must be >= 1 (or None), got {group_size}")
     return [tasks[i:i + group_size] for i in range(0, n, group_size)]
 
-def _setup(model, params, tasks, steps, batching, loss):
+def _setup(model, params, tasks, steps, batching, loss, second_order=True):
     check_params(model, params)
     if steps < 0: raise ValueError(f"steps must be >= 0, got {steps}")
     if not isinstance(tasks, TaskBatch): raise TypeError(f"tasks must be a metanb.tasks.TaskBatch, got {type(tasks).__name__}")
-    return resolve_batching(batching, next(iter(params.values())).device), loss or task_loss
+    return resolve_batching(batching, next(iter(params.values())).device, model, second_order), loss or task_loss
 
 def meta_loss(model:nn.Module, # the network (its own parameters are not used)
               params:Params, # meta-parameters theta
@@ -162,7 +170,7 @@ def meta_loss(model:nn.Module, # the network (its own parameters are not used)
               regularizer:Regularizer|None=None, # outer-loss hook (see above)
              ) -> Tensor:
     "Mean query loss after adaptation over the tasks (+ regularizer penalty): differentiate it for the meta-gradient."
-    mode, loss = _setup(model, params, tasks, steps, batching, loss)
+    mode, loss = _setup(model, params, tasks, steps, batching, loss, not first_order or regularizer is not None)
     total = 0.
     for g in _groups(tasks, group_size, mode, regularizer, False):
         losses, _, _, pen = _group(model, params, g, steps=steps, lr=lr, first_order=first_order, mode=mode, loss=loss, regularizer=regularizer)
@@ -214,6 +222,7 @@ def _map_groups(fn, model, groups, workers:int):
     with ThreadPoolExecutor(workers, thread_name_prefix='metanb-maml') as ex: yield from ex.map(call, groups)
 
 # %% ../nbs/03_maml.ipynb #27e5038f
+@full_float32()
 def meta_grad(model:nn.Module, params:Params, tasks:TaskBatch,
               *, steps:int, lr:float, first_order:bool=False,
               batching:str='auto', # 'loop', 'vmap' or 'auto'
@@ -224,7 +233,7 @@ def meta_grad(model:nn.Module, params:Params, tasks:TaskBatch,
               fused_bn:bool=True, # fused batchnorm kernel where exact (see above)
              ) -> tuple[Params, dict]:
     "Meta-gradient of `meta_loss` (same arguments), one backward per group of tasks; returns `(grads, metrics)`."
-    mode, loss = _setup(model, params, tasks, steps, batching, loss)
+    mode, loss = _setup(model, params, tasks, steps, batching, loss, not first_order or regularizer is not None)
     if workers > 1 and mode != 'loop': raise ValueError(f"workers={workers} needs batching='loop' (vmap batches the tasks of a group itself)")
     if concurrent_queries < 1: raise ValueError(f"concurrent_queries must be >= 1, got {concurrent_queries}")
     gate = threading.Semaphore(concurrent_queries) if workers > 1 else contextlib.nullcontext()
@@ -239,10 +248,11 @@ def meta_grad(model:nn.Module, params:Params, tasks:TaskBatch,
     return grads, {k: float(v) / n for k, v in acc.items()}
 
 # %% ../nbs/03_maml.ipynb #f2285021
+@full_float32()
 def evaluate(model:nn.Module, params:Params, tasks:TaskBatch, *, steps:int, lr:float,
              batching:str='auto', group_size:int|None=None, loss:Callable|None=None, fused_bn:bool=True) -> dict[str, Tensor]:
     "Per-task query `loss`, `acc` (classification) and pre-adaptation `support_loss` after `steps` inner steps."
-    mode, loss = _setup(model, params, tasks, steps, batching, loss)
+    mode, loss = _setup(model, params, tasks, steps, batching, loss, False)
     p, res = {k: v.detach() for k, v in params.items()}, []
     with torch.no_grad(), fused_batchnorm(fused_bn):
         for g in _groups(tasks, group_size, mode, None, False):

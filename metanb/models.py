@@ -4,12 +4,12 @@
 
 # %% ../nbs/02_models.ipynb #7d8455e1
 from __future__ import annotations
-import contextlib, contextvars
+import contextlib, contextvars, copy
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['fused_batchnorm', 'MetaBatchNorm', 'Conv4', 'MLP', 'ResBlock', 'ResNet12']
+__all__ = ['fused_batchnorm', 'MetaBatchNorm', 'vmap_inexact', 'exact_batchnorm', 'Conv4', 'MLP', 'ResBlock', 'ResNet12']
 
 # %% ../nbs/02_models.ipynb #3a2428a7
 _FUSED_BN = contextvars.ContextVar('metanb_fused_bn', default=False)
@@ -59,6 +59,32 @@ class MetaBatchNorm(nn.Module):
                     self.running_mean.lerp_(mean.detach(), self.momentum)
                     self.running_var.lerp_(var.detach() * x.numel() / max(x.numel() / x.shape[1] - 1, 1) / x.shape[1], self.momentum)
         return (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps) * self.weight.reshape(shape) + self.bias.reshape(shape)
+
+# %% ../nbs/02_models.ipynb #c1861209
+_INEXACT = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
+
+def vmap_inexact(model:nn.Module) -> list[str]:
+    "Names of `model`'s native norm layers whose second derivatives are wrong under `vmap` (see the table above)."
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training and m.track_running_stats: continue  # affine: exact
+        if isinstance(m, _INEXACT): out.append(f"{name or '(the model)'} ({type(m).__name__})")
+    return out
+
+# %% ../nbs/02_models.ipynb #3c1124e3
+def exact_batchnorm(model:nn.Module) -> nn.Module:
+    "A copy of `model` whose native `nn.BatchNorm1d/2d/3d` are `MetaBatchNorm`s with the same parameters and statistics."
+    m = copy.deepcopy(model)
+    for parent in list(m.modules()):
+        for name, c in list(parent.named_children()):
+            if not isinstance(c, nn.modules.batchnorm._BatchNorm): continue
+            if not c.affine: raise ValueError(f"{name} ({type(c).__name__}) has affine=False: exact_batchnorm keeps parameter names only for affine batchnorms; use batching='loop' instead")
+            bn = MetaBatchNorm(c.num_features, c.eps, c.momentum or 0.1, c.track_running_stats).to(c.weight.device, c.weight.dtype)
+            with torch.no_grad():
+                bn.weight.copy_(c.weight); bn.bias.copy_(c.bias)
+                if c.track_running_stats: bn.running_mean.copy_(c.running_mean); bn.running_var.copy_(c.running_var)
+            bn.train(c.training); setattr(parent, name, bn)
+    return m
 
 # %% ../nbs/02_models.ipynb #1da2da6a
 def _conv_block(cin, cout, stride, pool, **bn_kw):

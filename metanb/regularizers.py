@@ -95,7 +95,7 @@ def support_grads(params:Params, # theta_s, or per-task params `[n, ...]` with `
     "Support-loss gradients of the group's tasks as the rows of an `[n, P]` matrix (differentiable)."
     def g(p, xs, ys): return flatten(grad(lambda q: ctx.loss(forward(ctx.model, q, xs, ctx.buffers), ys))(p))
     t, dims = ctx.tasks, (0 if per_task else None, 0, 0)
-    if resolve_batching(batching, t.xs.device) == 'vmap': return vmap(g, in_dims=dims)(params, t.xs, t.ys)
+    if resolve_batching(batching, t.xs.device, ctx.model) == 'vmap': return vmap(g, in_dims=dims)(params, t.xs, t.ys)
     return torch.stack([g({k: v[i] for k, v in params.items()} if per_task else params, t.xs[i], t.ys[i]) for i in range(len(t))])
 
 # %% ../nbs/07_regularizers.ipynb #593df24b

@@ -11,7 +11,7 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from fastcore.basics import patch
-from .core import Params, get_device, make_generator, seed_everything, tune_malloc, torch_threads
+from .core import Params, get_device, make_generator, seed_everything, tune_malloc, torch_threads, full_float32
 from .tasks import ImageClasses, TaskLoader, task_seed, to_float
 from .maml import meta_grad, evaluate, forward, accuracy
 from .models import fused_batchnorm
@@ -278,6 +278,7 @@ def _loop(T, cfg:TrainConfig, run_dir:Path, start:int, log, progress:bool, befor
         if batches is not None: batches.close()
     return {'run_dir': str(run_dir), 'step': cfg.meta_iters, **val, 'seconds': round(time.perf_counter() - t0, 2)}
 
+@full_float32()
 def _train(cfg:TrainConfig, run_dir:Path, resume:bool, progress:bool, data) -> dict:
     device = get_device(cfg.device)
     if cfg.dataset != 'sinusoid' and data is None: data = load_data(asdict(cfg))
