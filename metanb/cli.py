@@ -162,13 +162,13 @@ def _target(ckpt) -> str:
 def summary_table(ckpt:'pd.DataFrame', conf:float=0.95) -> 'pd.DataFrame':
     "Per variant (or run): final generalization with its CI over seeds (or tasks), and the final landscape measures."
     import pandas as pd
-    from metanb.stats import validate_checkpoints, variant_summary
+    from metanb.stats import validate_checkpoints, variant_summary, ci_text
     ckpt = validate_checkpoints(ckpt)
     g = 'variant' if 'variant' in ckpt else 'run'
     target = _target(ckpt)
     acc = variant_summary(ckpt, target, conf).set_index(g)
     out = pd.DataFrame({'runs': acc['n_seeds'], 'final step': [max(s) for s in acc['step']],
-                        target: acc['mean'], '95% CI': [f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(acc['ci_low'], acc['ci_high'])]})
+                        target: acc['mean'], '95% CI': [ci_text(lo, hi, k) for lo, hi, k in zip(acc['ci_low'], acc['ci_high'], acc['interval'])]})
     for m in SUMMARY_MEASURES:
         if m in set(ckpt['measure']): out[m] = variant_summary(ckpt, m, conf).set_index(g)['mean']
     return out.reset_index()
@@ -245,7 +245,7 @@ def write_report(runs:list, # run directories, each analysed (analysis/summary.c
                 ) -> Path:
     "Write figures and report.md (summary and claims tables) for one or several analysed runs; returns the report's path."
     import pandas as pd
-    from metanb.stats import claims_table
+    from metanb.stats import claims_table, study_inputs
     runs = [Path(r) for r in runs]
     if not runs: raise ValueError("write_report needs at least one run directory")
     out = Path(out) if out is not None else (runs[0] if len(runs) == 1 else Path(os.path.commonpath([r.resolve().parent for r in runs])))
@@ -253,7 +253,7 @@ def write_report(runs:list, # run directories, each analysed (analysis/summary.c
     ckpt, missing = pd.concat([c for c, _ in checked], ignore_index=True), [m for _, ms in checked for m in ms]
     if log is not False: [(log or _say)(f"missing: {m}") for m in missing]
     made, skipped = _figures(ckpt, runs, out/'figures')
-    claims, summ = claims_table(ckpt), summary_table(ckpt)
+    claims, summ = claims_table(ckpt, **study_inputs(runs)), summary_table(ckpt)
     write_text(out/'claims.csv', claims.to_csv(index=False)); write_text(out/'summary.csv', summ.to_csv(index=False))
     lines = [f"# {title or 'metanb report'}", '', f"Runs ({len(runs)}): " + ', '.join(f'`{r.name}`' for r in runs), '',
              *(['## Missing: the analysis is incomplete', ''] + [f'- {m}' for m in missing] + [''] if missing else []),
@@ -393,7 +393,7 @@ def study(preset:str='quick', # quick (default), omniglot-5w1s, omniglot-20w1s, 
     rep = write_report(dirs, root, title=f'metanb study: {preset}')
     import pandas as pd
     _say('\n' + summary_table(pd.concat([_read_summary(d) for d in dirs])).to_string(index=False, float_format=lambda x: f'{x:.3g}'))
-    c = pd.read_csv(root/'claims.csv')[['claim', 'effect', 'estimate', 'ci_low', 'ci_high', 'verdict']]
+    c = pd.read_csv(root/'claims.csv').query("role == 'claim'")[['row', 'estimate', 'ci_low', 'ci_high', 'p_holm', 'verdict', 'to_decide']]
     _say('\n' + c.to_string(index=False, float_format=lambda x: f'{x:.3g}'))
     _say(f"\nclaims: {root/'claims.csv'}\nreport: {rep}\n(done in {time.perf_counter() - t0:.0f}s)")
     return rep
