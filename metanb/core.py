@@ -14,7 +14,8 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['Params', 'params_of', 'tmap', 'dot', 'norm', 'axpy', 'scale', 'sub', 'zeros_like', 'numel', 'flatten', 'unflatten',
            'stack_params', 'unstack_params', 'seed_everything', 'make_generator', 'get_device', 'tune_malloc',
-           'torch_threads', 'full_float32', 'atomic_write', 'write_text', 'write_json', 'torch_save', 'data_dir']
+           'torch_threads', 'full_float32', 'atomic_write', 'write_text', 'write_json', 'torch_save', 'data_dir',
+           'MetanbError', 'RunLocked', 'CheckpointError', 'ConfigError', 'DivergedError']
 
 # %% ../nbs/00_core.ipynb #8a74990d
 Params = dict[str, Tensor]
@@ -185,3 +186,19 @@ def data_dir(sub:str|None=None) -> Path:
     "metanb's data folder (`$METANB_DATA` or `~/.cache/metanb`), optionally a sub-folder of it."
     root = Path(os.environ.get('METANB_DATA') or Path.home()/'.cache'/'metanb').expanduser()
     return root/sub if sub else root
+
+# %% ../nbs/00_core.ipynb #6b95bff8
+class MetanbError(Exception):
+    "Base of the errors metanb raises for a user to act on (the message names the file, the problem and the fix)."
+
+class RunLocked(MetanbError, RuntimeError):
+    "Another live process (training or analysis) holds the run directory's lock file `.lock`."
+
+class CheckpointError(MetanbError, ValueError):
+    "A checkpoint file is unreadable, truncated, not a metanb checkpoint, or would hold non-finite values."
+
+class ConfigError(MetanbError, ValueError, TypeError):
+    "A run's `config.json` is malformed, or a config field has the wrong type or value."
+
+class DivergedError(MetanbError, FloatingPointError):
+    "Training produced a non-finite loss, gradient, parameter or validation result."
