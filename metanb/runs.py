@@ -4,21 +4,21 @@
 
 # %% ../nbs/03a_runs.ipynb #48e5d019
 from __future__ import annotations
-import csv, io, json, math, platform, re, time
+import contextlib, csv, fcntl, io, json, math, os, pickle, platform, re, sys, time
 from pathlib import Path
 from typing import Callable
 import torch, torch.nn as nn
 from torch import Tensor
 import metanb
-from .core import Params, write_json, write_text, torch_save
+from .core import Params, write_json, write_text, torch_save, RunLocked, CheckpointError, ConfigError, DivergedError
 from .models import Conv4, MLP, ResNet12
 from .tasks import SPLITS, SinusoidTasks, EpisodicTasks, ImageClasses
 
 # %% auto #0
-__all__ = ['CONFIG', 'LOG', 'CKPT_DIR', 'REQUIRED_KEYS', 'MODELS', 'CKPT_FORMAT', 'ckpt_path', 'list_checkpoints', 'check_config',
-           'versions', 'write_config', 'read_config', 'inner_settings', 'register_model', 'model_from_config',
-           'load_data', 'task_family_from_config', 'save_checkpoint', 'load_checkpoint', 'load_model', 'TrainLog',
-           'read_log']
+__all__ = ['CONFIG', 'LOG', 'CKPT_DIR', 'REQUIRED_KEYS', 'MODELS', 'CKPT_FORMAT', 'LOCK', 'ckpt_path', 'list_checkpoints',
+           'check_config', 'versions', 'write_config', 'read_config', 'inner_settings', 'register_model',
+           'model_from_config', 'load_data', 'task_family_from_config', 'save_checkpoint', 'read_checkpoint_file',
+           'load_checkpoint', 'load_model', 'RunLock', 'clean_tmp', 'TrainLog', 'read_log']
 
 # %% ../nbs/03a_runs.ipynb #03f51c3b
 CONFIG, LOG, CKPT_DIR = 'config.json', 'train_log.csv', 'checkpoints'
@@ -59,7 +59,11 @@ def read_config(run_dir:str|Path) -> dict:
     "The config of the run in `run_dir`."
     p = Path(run_dir)/CONFIG
     if not p.exists(): raise FileNotFoundError(f"{run_dir} is not a run directory: it has no {CONFIG}")
-    return json.loads(p.read_text())
+    try: c = json.loads(p.read_text(encoding='utf-8'))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p} is malformed: not valid JSON ({e}); restore it, or rewrite it with the keys of the config table (metanb.runs)") from None
+    if not isinstance(c, dict): raise ConfigError(f"{p} is malformed: it holds a JSON {type(c).__name__}, not an object of config keys; rewrite it with the keys of the config table (metanb.runs)")
+    return c
 
 def inner_settings(config:dict, phase:str='test') -> dict:
     "Adaptation settings `{'steps', 'lr'}` of a run for `phase` 'train' or 'test' (for `maml.adapt`)."
@@ -99,16 +103,37 @@ def task_family_from_config(config:dict, split:str, # 'train', 'val' or 'test'
     if config['dataset'] == 'sinusoid': return SinusoidTasks(config['shots'], config['queries'], seed=_sinusoid_seed(seed, split))
     return EpisodicTasks(data if data is not None else load_data(config), split, config['n_way'], config['shots'], config['queries'], seed=seed, **kw)
 
-# %% ../nbs/03a_runs.ipynb #696be11b
+# %% ../nbs/03a_runs.ipynb #771649e1
 CKPT_FORMAT = 1
 
+def _nonfinite(o, path:str='') -> str|None:
+    "The key path of the first floating-point tensor in `o` (nested dicts/lists) holding a NaN or inf, else None."
+    if isinstance(o, Tensor): return path if o.is_floating_point() and not bool(torch.isfinite(o).all()) else None
+    items = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, (list, tuple)) else ()
+    return next((b for k, v in items if (b := _nonfinite(v, f"{path}/{k}" if path else str(k))) is not None), None)
+
 def save_checkpoint(run_dir:str|Path, step:int, params:Params, buffers:dict|None=None, **state) -> Path:
-    "Atomically write the checkpoint of `step` (detached CPU copies of params, buffers and resume `state`)."
+    "Atomically write the checkpoint of `step` (detached CPU copies of params, buffers and resume `state`); never a non-finite one."
     cpu = lambda d: {k: v.detach().cpu().clone() for k, v in d.items()}
     ck = {'format': CKPT_FORMAT, 'step': int(step), 'params': cpu(params), 'buffers': cpu(buffers or {}), **state}
-    torch_save(ck, p := ckpt_path(run_dir, step))
+    p = ckpt_path(run_dir, step)
+    if (bad := _nonfinite(ck)) is not None:
+        good = [s for s in list_checkpoints(run_dir) if s < step]
+        keep = f"the last good checkpoint is {ckpt_path(run_dir, good[-1])}" if good else "there is no earlier checkpoint"
+        raise DivergedError(f"step {step}: '{bad}' holds NaN or inf (the run diverged), so {p} was not written; {keep}: resume from it with a lower outer learning rate (outer_lr)")
+    torch_save(ck, p)
     return p
 
+# %% ../nbs/03a_runs.ipynb #a9bea2b5
+def read_checkpoint_file(path:str|Path, map_location='cpu'):
+    "`torch.load(path, weights_only=True)`, raising `CheckpointError` naming `path` when it is unreadable (truncated, foreign, unsafe)."
+    try: return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError: raise
+    except Exception as e:   # torch's message would suggest weights_only=False: never pass that on
+        why = 'it holds objects other than tensors and plain data' if isinstance(e, pickle.UnpicklingError) else 'truncated or not a metanb checkpoint'
+        raise CheckpointError(f"checkpoint {path} is unreadable: {why} ({type(e).__name__}); delete it (training resumes from the previous checkpoint) or restore it") from None
+
+# %% ../nbs/03a_runs.ipynb #da40dc21
 def load_checkpoint(run_dir:str|Path, step:int|None=None, # None: the latest
                     map_location='cpu') -> dict:
     "Load a checkpoint with `weights_only=True` and check it has `step` and `params`."
@@ -116,9 +141,11 @@ def load_checkpoint(run_dir:str|Path, step:int|None=None, # None: the latest
     if not steps: raise FileNotFoundError(f"{run_dir} has no checkpoints (expected {CKPT_DIR}/step_NNNNNN.pt)")
     if step is None: step = steps[-1]
     if step not in steps: raise FileNotFoundError(f"{run_dir} has no checkpoint at step {step}: it has {steps}")
-    ck = torch.load(ckpt_path(run_dir, step), map_location=map_location, weights_only=True)
-    miss = [k for k in ('step', 'params') if k not in ck]
-    if miss: raise KeyError(f"checkpoint {ckpt_path(run_dir, step)} lacks {miss}: see metanb.runs (the checkpoint table)")
+    ck = read_checkpoint_file(p := ckpt_path(run_dir, step), map_location)
+    miss = [k for k in ('step', 'params') if k not in ck] if isinstance(ck, dict) else ['step', 'params']
+    if miss: raise CheckpointError(f"checkpoint {p} lacks {miss}: it is not a metanb checkpoint (see metanb.runs, the checkpoint table)")
+    if not isinstance(ck['params'], dict) or not all(isinstance(t, Tensor) for t in ck['params'].values()):
+        raise CheckpointError(f"checkpoint {p} is not a metanb checkpoint: its 'params' is not a {{name: tensor}} dict")
     for k in ('params', 'buffers'): ck[k] = {n: t.detach() for n, t in ck.get(k, {}).items()}  # plain tensors, also from saved nn.Parameters
     return ck
 
@@ -128,9 +155,40 @@ def load_model(run_dir:str|Path, step:int|None=None, device='cpu') -> tuple[nn.M
     config, ck = read_config(run_dir), load_checkpoint(run_dir, step, map_location=device)
     model = model_from_config(config).to(device)
     names = [k for k, _ in model.named_parameters()]
-    if list(ck['params']) != names: raise KeyError(f"checkpoint params {list(ck['params'])[:4]}... do not match the config's model {names[:4]}...")
+    if list(ck['params']) != names: raise CheckpointError(f"checkpoint params {list(ck['params'])[:4]}... of {run_dir} do not match the config's model {names[:4]}...: the checkpoint is from another run")
     model.load_state_dict({**ck["params"], **ck["buffers"]}, strict=False)  # params checked above; buffers optional
     return model, {k: ck['params'][k] for k in names}
+
+# %% ../nbs/03a_runs.ipynb #e3434a9b
+LOCK = '.lock'
+
+class RunLock:
+    "The exclusive lock of a run directory (`fcntl.flock` on `RUN/.lock`, which names the holder); `RunLocked` if another process holds it."
+    def __init__(self, run_dir:str|Path): self.run_dir, self._f = Path(run_dir), None
+    def acquire(self) -> "RunLock":
+        "Take the lock (a no-op if this object holds it already); returns self."
+        if self._f is not None: return self
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.run_dir/LOCK, 'a+', encoding='utf-8')
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0); holder = f.read().strip() or 'a process that is starting'
+            f.close()
+            raise RunLocked(f"{self.run_dir} is in use by another metanb process ({holder}): wait for it to finish or stop it; one run directory takes one training or analysis at a time") from None
+        f.seek(0); f.truncate(); f.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n"); f.flush()
+        self._f = self._f or f
+        return self
+    def release(self):
+        "Drop the lock."
+        if self._f is not None: self._f.truncate(0); self._f.close(); self._f = None
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
+def clean_tmp(folder:str|Path, recursive:bool=False) -> list[Path]:
+    "Remove temporary files of interrupted atomic writes (`.*.tmp`) in `folder`; call it only holding the run's lock."
+    ps = [p for p in (Path(folder).rglob('.*.tmp') if recursive else Path(folder).glob('.*.tmp')) if p.is_file()]
+    for p in ps: p.unlink(missing_ok=True)
+    return ps
 
 # %% ../nbs/03a_runs.ipynb #498894bc
 class TrainLog:
