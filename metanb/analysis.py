@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_analysis.ipynb #3ca35b82
 from __future__ import annotations
-import hashlib, json, time, math
+import contextlib, hashlib, json, time, math
 from dataclasses import dataclass, asdict, field, fields
 from pathlib import Path
 from typing import Callable
@@ -14,13 +14,13 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 from fastprogress.fastprogress import progress_bar
-from .core import Params, flatten, stack_params, unstack_params, get_device, write_json, atomic_write, tune_malloc, full_float32
+from .core import Params, flatten, stack_params, unstack_params, get_device, write_json, atomic_write, tune_malloc, full_float32, CheckpointError
 from .tasks import TaskBatch
 from .maml import adapt, forward, task_loss, accuracy, resolve_batching
 from .coherence import pairwise_cosine, gram, support_gradients
 from .hessian import bn_context, make_batch_loss_fn, batch_top_eigenvalue, batch_hutchinson_trace, BN_MODES
 from .stats import aggregate_tasks, validate_tasks, validate_checkpoints, TASK_COLUMNS, CHECKPOINT_COLUMNS
-from .runs import ckpt_path, list_checkpoints, read_config, inner_settings, model_from_config, task_family_from_config
+from .runs import ckpt_path, read_checkpoint_file, RunLock, clean_tmp, list_checkpoints, read_config, inner_settings, model_from_config, task_family_from_config
 
 # %% auto #0
 __all__ = ['STEP_FILES', 'AnalysisConfig', 'adapt_tasks', 'offdiag_mean', 'coherence_ci', 'measure_checkpoint', 'task_table',
@@ -91,10 +91,11 @@ def offdiag_mean(m:np.ndarray, idx:np.ndarray|None=None) -> float:
 
 def coherence_ci(m:np.ndarray, n_boot:int=1000, conf:float=0.95, seed:int=0) -> tuple[float, float]:
     "Percentile bootstrap CI (over tasks) of the mean off-diagonal entry of a pairwise matrix `m`."
-    if n_boot == 0: return math.nan, math.nan
+    if n_boot == 0 or not np.isfinite(m).all(): return math.nan, math.nan   # NaN measurements: a NaN CI, not a crash
     rng = np.random.default_rng(seed)
     b = np.array([offdiag_mean(m, rng.integers(0, len(m), len(m))) for _ in range(n_boot)])
-    b = b[np.isfinite(b)]
+    b = b[np.isfinite(b)]   # resamples with a single distinct task have no pair
+    if not len(b): return math.nan, math.nan
     return tuple(float(q) for q in np.quantile(b, [(1 - conf) / 2, (1 + conf) / 2]))
 
 # %% ../nbs/09_analysis.ipynb #ac3dab54
@@ -174,10 +175,10 @@ def file_sha256(path:str|Path) -> str:
 
 def load_params(path:str|Path, device='cpu') -> Params:
     "The params dict of a checkpoint file (a dict with 'params', or a plain params dict), loaded weights-only."
-    o = torch.load(path, map_location=device, weights_only=True)
+    o = read_checkpoint_file(path, device)   # metanb.runs' checked loader: CheckpointError naming the file
     p = o.get('params', o) if isinstance(o, dict) else None
     if not isinstance(p, dict) or not p or not all(isinstance(v, Tensor) for v in p.values()):
-        raise ValueError(f"{path} holds no params dict: save either {{name: tensor}} or {{'params': {{name: tensor}}, ...}}")
+        raise CheckpointError(f"checkpoint {path} holds no params dict: save either {{name: tensor}} or {{'params': {{name: tensor}}, ...}}")
     return p
 
 # %% ../nbs/09_analysis.ipynb #dc931c01
@@ -244,6 +245,23 @@ def analyse_checkpoint(run_dir:str|Path, step:int, cfg:AnalysisConfig, *, model,
     _write_step(step_dir(run_dir, step), tt, ct, res, ids, meta)
     return tt, ct
 
+# %% ../nbs/09_analysis.ipynb #fa39bd54
+def _ranks() -> tuple[int, int]:
+    "`(rank, world_size)` of this process in torch.distributed, `(0, 1)` outside a process group."
+    dist = torch.distributed
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+@contextlib.contextmanager
+def _run_lock(run_dir:Path, steps_only=None):
+    "Hold the run's lock (rank 0 of a distributed analysis: the ranks share it) and remove temp files of killed writes under `analysis/`."
+    rank, n = _ranks()
+    if rank != 0 or not run_dir.is_dir(): yield; return   # no directory: read_config says so
+    with RunLock(run_dir):
+        a = run_dir/'analysis'
+        if n == 1: clean_tmp(a, recursive=True)   # other ranks of a distributed analysis may be writing their steps
+        else: clean_tmp(a); [clean_tmp(step_dir(run_dir, s)) for s in (steps_only or [])]
+        yield
+
 # %% ../nbs/09_analysis.ipynb #a74fe5e2
 def _log(msg:str): print(msg, flush=True)
 
@@ -258,6 +276,9 @@ def analyse_run(run_dir:str|Path, # a run directory: config.json + checkpoints/s
                ) -> tuple[pd.DataFrame, pd.DataFrame]|None:
     "Analyse every checkpoint of a run (cached on disk) and write analysis/tasks.csv and analysis/summary.csv."
     cfg, run_dir = cfg or AnalysisConfig(), Path(run_dir)
+    with _run_lock(run_dir, steps_only): return _analyse_run(run_dir, cfg, model, family, steps_only, force, progress, log, merge)
+
+def _analyse_run(run_dir, cfg, model, family, steps_only, force, progress, log, merge):
     tune_malloc()
     config, ckpts = read_config(run_dir), {s: ckpt_path(run_dir, s) for s in list_checkpoints(run_dir)}
     if not ckpts: raise FileNotFoundError(f"{run_dir/'checkpoints'} holds no step_NNNNNN.pt checkpoints: is {run_dir} a run directory?")

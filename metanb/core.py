@@ -187,7 +187,7 @@ def data_dir(sub:str|None=None) -> Path:
     root = Path(os.environ.get('METANB_DATA') or Path.home()/'.cache'/'metanb').expanduser()
     return root/sub if sub else root
 
-# %% ../nbs/00_core.ipynb #6b95bff8
+# %% ../nbs/00_core.ipynb #d83c0932
 class MetanbError(Exception):
     "Base of the errors metanb raises for a user to act on (the message names the file, the problem and the fix)."
 

@@ -103,7 +103,7 @@ def task_family_from_config(config:dict, split:str, # 'train', 'val' or 'test'
     if config['dataset'] == 'sinusoid': return SinusoidTasks(config['shots'], config['queries'], seed=_sinusoid_seed(seed, split))
     return EpisodicTasks(data if data is not None else load_data(config), split, config['n_way'], config['shots'], config['queries'], seed=seed, **kw)
 
-# %% ../nbs/03a_runs.ipynb #771649e1
+# %% ../nbs/03a_runs.ipynb #8a66888b
 CKPT_FORMAT = 1
 
 def _nonfinite(o, path:str='') -> str|None:
@@ -124,7 +124,7 @@ def save_checkpoint(run_dir:str|Path, step:int, params:Params, buffers:dict|None
     torch_save(ck, p)
     return p
 
-# %% ../nbs/03a_runs.ipynb #a9bea2b5
+# %% ../nbs/03a_runs.ipynb #0aee02d9
 def read_checkpoint_file(path:str|Path, map_location='cpu'):
     "`torch.load(path, weights_only=True)`, raising `CheckpointError` naming `path` when it is unreadable (truncated, foreign, unsafe)."
     try: return torch.load(path, map_location=map_location, weights_only=True)
@@ -133,7 +133,7 @@ def read_checkpoint_file(path:str|Path, map_location='cpu'):
         why = 'it holds objects other than tensors and plain data' if isinstance(e, pickle.UnpicklingError) else 'truncated or not a metanb checkpoint'
         raise CheckpointError(f"checkpoint {path} is unreadable: {why} ({type(e).__name__}); delete it (training resumes from the previous checkpoint) or restore it") from None
 
-# %% ../nbs/03a_runs.ipynb #da40dc21
+# %% ../nbs/03a_runs.ipynb #e5a1acaf
 def load_checkpoint(run_dir:str|Path, step:int|None=None, # None: the latest
                     map_location='cpu') -> dict:
     "Load a checkpoint with `weights_only=True` and check it has `step` and `params`."
@@ -159,7 +159,7 @@ def load_model(run_dir:str|Path, step:int|None=None, device='cpu') -> tuple[nn.M
     model.load_state_dict({**ck["params"], **ck["buffers"]}, strict=False)  # params checked above; buffers optional
     return model, {k: ck['params'][k] for k in names}
 
-# %% ../nbs/03a_runs.ipynb #e3434a9b
+# %% ../nbs/03a_runs.ipynb #f70d3fdc
 LOCK = '.lock'
 
 class RunLock:

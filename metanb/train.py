@@ -4,23 +4,38 @@
 
 # %% ../nbs/04_train.ipynb #88ef500f
 from __future__ import annotations
-import json, math, time
+import json, math, numbers, time, warnings
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from fastcore.basics import patch
-from .core import Params, get_device, make_generator, seed_everything, tune_malloc, torch_threads, full_float32
+from .core import Params, get_device, make_generator, seed_everything, tune_malloc, torch_threads, full_float32, CheckpointError, ConfigError, DivergedError
 from .tasks import ImageClasses, TaskLoader, task_seed, to_float
 from .maml import meta_grad, evaluate, forward, accuracy
 from .models import fused_batchnorm
 from .runs import (write_config, read_config, list_checkpoints, load_checkpoint, save_checkpoint, TrainLog,
-                         model_from_config, task_family_from_config, load_data)
+                         model_from_config, task_family_from_config, load_data, RunLock, clean_tmp, CKPT_DIR)
 
 # %% auto #0
 __all__ = ['ALGORITHMS', 'RESUMABLE', 'TrainConfig', 'checkpoint_steps', 'resolve_model', 'mean_ci', 'validate',
            'finetune_images', 'meta_test_params', 'check_finite', 'run_config', 'train']
+
+# %% ../nbs/04_train.ipynb #7f7c9932
+def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+_KINDS = {'int': ('an integer', _is_int), 'float': ('a number', lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
+          'str': ('a string', lambda v: isinstance(v, str)), 'dict': ('a dict', lambda v: isinstance(v, dict)),
+          'bool': ('true or false', lambda v: isinstance(v, bool))}
+
+def _check_types(cfg):
+    "Raise `ConfigError` naming the first field of `cfg` whose value has the wrong type (ints strict, floats finite); normalize numbers."
+    for f in fields(cfg):
+        v, (kind, _, opt) = getattr(cfg, f.name), str(f.type).replace(' ', '').partition('|')
+        if v is None and opt == 'None': continue
+        what, ok = _KINDS[kind]
+        if not ok(v): raise ConfigError(f"{f.name} must be {what}{' or None' if opt else ''}, got {v!r} ({type(v).__name__})")
+        if kind == 'float' and not math.isfinite(v): raise ConfigError(f"{f.name} must be a finite number, got {v}")
+        if kind in ('int', 'float'): setattr(cfg, f.name, int(v) if kind == 'int' else float(v))
 
 # %% ../nbs/04_train.ipynb #26406d35
 ALGORITHMS = ('maml', 'fomaml', 'finetune')
@@ -61,13 +76,15 @@ class TrainConfig:
     threads: int|None = None       # torch intra-op threads while training (None: leave torch's setting)
 
     def __post_init__(self):
-        if self.algorithm not in ALGORITHMS: raise ValueError(f"algorithm={self.algorithm!r} is unknown: use one of {ALGORITHMS}")
+        _check_types(self)
+        if self.reg_strength < 0: raise ConfigError(f"reg_strength must be >= 0, got {self.reg_strength}")
+        if self.algorithm not in ALGORITHMS: raise ConfigError(f"algorithm={self.algorithm!r} is unknown: use one of {ALGORITHMS}")
         for k in ('n_way', 'shots', 'queries', 'meta_batch', 'meta_iters', 'val_tasks', 'workers', 'concurrent_queries'):
-            if int(getattr(self, k)) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+            if getattr(self, k) < 1: raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ('inner_steps_train', 'inner_steps_test', 'val_every'):
-            if int(getattr(self, k)) < 0: raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
-        if not (self.inner_lr >= 0 and self.outer_lr > 0): raise ValueError(f"need inner_lr >= 0 and outer_lr > 0, got {self.inner_lr}, {self.outer_lr}")
-        if not self.ckpt_every and not self.ckpt_log: raise ValueError("set ckpt_every (a checkpoint every k steps) or ckpt_log (that many log-spaced ones)")
+            if getattr(self, k) < 0: raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
+        if not (self.inner_lr >= 0 and self.outer_lr > 0): raise ConfigError(f"need inner_lr >= 0 and outer_lr > 0, got {self.inner_lr}, {self.outer_lr}")
+        if not self.ckpt_every and not self.ckpt_log: raise ConfigError("set ckpt_every (a checkpoint every k steps) or ckpt_log (that many log-spaced ones)")
 
     @classmethod
     def from_dict(cls, d:dict) -> "TrainConfig":
@@ -130,7 +147,7 @@ def meta_test_params(train_params:Params, test_model:nn.Module) -> Params:
 def _finite(x) -> bool: return x is None or math.isfinite(x)
 
 def check_finite(step:int, metrics:dict, grads:Params, cfg:TrainConfig, last_ckpt:int|None):
-    "Raise `FloatingPointError` naming the step and likely cause if a loss or gradient is not finite."
+    "Raise `DivergedError` (a `FloatingPointError`) naming the step and likely cause if a loss or gradient is not finite."
     ok_grads = all(bool(torch.isfinite(g).all()) for g in grads.values())
     if _finite(metrics.get('loss')) and _finite(metrics.get('penalty')) and ok_grads: return
     what = f"the meta-gradient is not finite (loss {metrics.get('loss'):.4g})" if _finite(metrics.get('loss')) else f"the meta-train loss is {metrics.get('loss')}"
@@ -140,10 +157,10 @@ def check_finite(step:int, metrics:dict, grads:Params, cfg:TrainConfig, last_ckp
     else:
         cause = f"the meta-parameters diverged: the loss at them is already not finite; lower the outer learning rate (outer_lr={cfg.outer_lr})"
     keep = f"the last good checkpoint is step {last_ckpt}" if last_ckpt is not None else "no checkpoint was written"
-    raise FloatingPointError(f"training stopped at step {step}: {what}. Likely cause: {cause}. Nothing was saved for this step; {keep}.")
+    raise DivergedError(f"training stopped at step {step}: {what}. Likely cause: {cause}. Nothing was saved for this step; {keep}: resume from it with a lower learning rate.")
 
 # %% ../nbs/04_train.ipynb #8c29ae24
-RESUMABLE = ('device', 'batching', 'group_size', 'workers', 'concurrent_queries', 'fused_bn', 'threads', 'meta_iters', 'ckpt_every', 'ckpt_log', 'val_every', 'val_tasks')
+RESUMABLE = ('outer_lr', 'device', 'batching', 'group_size', 'workers', 'concurrent_queries', 'fused_bn', 'threads', 'meta_iters', 'ckpt_every', 'ckpt_log', 'val_every', 'val_tasks')
 
 def run_config(cfg:TrainConfig, data:ImageClasses|None=None) -> dict:
     "The resolved config written to `config.json` (the model spelled out; `n_train_classes` for finetuning)."
@@ -172,8 +189,8 @@ def _set_rng_state(r, device):
     if device.type == 'cuda' and 'cuda' in r: torch.cuda.set_rng_state(r['cuda'], device)
 
 # %% ../nbs/04_train.ipynb #fd2f51e0
-class _Trainer:
-    "State of one run: models, params, optimizer, task streams; `step(s)` does one meta-iteration."
+class _TrainerState:
+    "State of one run: models, params, optimizer, task streams, the run directory's lock (see `_Trainer`)."
     def __init__(self, cfg:TrainConfig, run_dir:Path, data, device):
         self.cfg, self.run_dir, self.data, self.device = cfg, run_dir, data, device
         self.config = run_config(cfg, data)
@@ -189,6 +206,7 @@ class _Trainer:
         val = task_family_from_config(self.config, 'val', data)
         self.val_batches = [val.batch(range(i, min(i + cfg.meta_batch, cfg.val_tasks))).to(device) for i in range(0, cfg.val_tasks, cfg.meta_batch)]
         self.ft_batch = cfg.finetune_batch or cfg.meta_batch * cfg.n_way * (cfg.shots + cfg.queries)
+        self.lock = None
 
     def eval_params(self) -> Params:
         "The meta-test params: the trained params, with a zero N-way head for finetuning on classes."
@@ -200,7 +218,12 @@ class _Trainer:
         with torch.no_grad():
             for k, v in self.params.items(): v.copy_(src[k])
         self.opt.load_state_dict(ck['optimizer'])
+        for g in self.opt.param_groups: g['lr'] = self.cfg.outer_lr   # outer_lr may change on resume
         _set_rng_state(ck['rng'], self.device)
+
+    def release(self):
+        "Drop the run directory's lock, if held."
+        if self.lock is not None: self.lock.release(); self.lock = None
 
     def save(self, step:int):
         "Write the checkpoint of `step` (params = meta-test params; + resume state)."
@@ -208,42 +231,61 @@ class _Trainer:
         save_checkpoint(self.run_dir, step, self.eval_params(), dict(self.test_model.named_buffers()), optimizer=self.opt.state_dict(),
                         rng=_rng_state(self.device), sampler={'step': step, 'batch_size': self.cfg.meta_batch}, **extra)
 
-# %% ../nbs/04_train.ipynb #dce82d33
-@patch
-def grads(self:_Trainer, step:int, tasks) -> tuple[Params, dict]:
-    "Gradient and metrics of meta-iteration `step` at the current params."
-    c = self.cfg
-    if c.algorithm == 'finetune' and not self.ft_cls:  # regression: joint training without adaptation
-        return meta_grad(self.model, self.params, tasks, steps=0, lr=0., batching=c.batching, group_size=c.group_size)
-    if c.algorithm == 'finetune':
-        x, y = finetune_images(self.data, step, self.ft_batch, c.seed)
-        x, y = x.to(self.device), y.to(self.device)
-        with fused_batchnorm(c.fused_bn):
-            out = forward(self.model, self.params, x)
-            loss = F.cross_entropy(out, y)
-            g = torch.autograd.grad(loss, list(self.params.values()))
-        return dict(zip(self.params, g)), {'loss': loss.item(), 'acc': accuracy(out, y).item()}
-    return meta_grad(self.model, self.params, tasks, steps=c.inner_steps_train, lr=c.inner_lr, first_order=c.algorithm == 'fomaml',
-                     batching=c.batching, group_size=c.group_size, regularizer=self.reg, workers=c.workers,
-                     concurrent_queries=c.concurrent_queries, fused_bn=c.fused_bn)
+# %% ../nbs/04_train.ipynb #6a035395
+class _Trainer(_TrainerState):
+    "A run's state with `grads(step, tasks)` (one meta-gradient) and `validate()`, methods in the class body."
+    def grads(self, step:int, tasks) -> tuple[Params, dict]:
+        "Gradient and metrics of meta-iteration `step` at the current params."
+        c = self.cfg
+        if c.algorithm == 'finetune' and not self.ft_cls:  # regression: joint training without adaptation
+            return meta_grad(self.model, self.params, tasks, steps=0, lr=0., batching=c.batching, group_size=c.group_size)
+        if c.algorithm == 'finetune':
+            x, y = finetune_images(self.data, step, self.ft_batch, c.seed)
+            x, y = x.to(self.device), y.to(self.device)
+            with fused_batchnorm(c.fused_bn):
+                out = forward(self.model, self.params, x)
+                loss = F.cross_entropy(out, y)
+                g = torch.autograd.grad(loss, list(self.params.values()))
+            return dict(zip(self.params, g)), {'loss': loss.item(), 'acc': accuracy(out, y).item()}
+        return meta_grad(self.model, self.params, tasks, steps=c.inner_steps_train, lr=c.inner_lr, first_order=c.algorithm == 'fomaml',
+                         batching=c.batching, group_size=c.group_size, regularizer=self.reg, workers=c.workers,
+                         concurrent_queries=c.concurrent_queries, fused_bn=c.fused_bn)
 
-@patch
-def validate(self:_Trainer) -> dict:
-    "Validation metrics of the current meta-test params."
-    c = self.cfg
-    return validate(self.test_model, self.eval_params(), self.val_batches, steps=c.inner_steps_test, lr=c.inner_lr, batching=c.batching, group_size=c.group_size, fused_bn=c.fused_bn)
+    def validate(self) -> dict:
+        "Validation metrics of the current meta-test params."
+        c = self.cfg
+        return validate(self.test_model, self.eval_params(), self.val_batches, steps=c.inner_steps_test, lr=c.inner_lr, batching=c.batching, group_size=c.group_size, fused_bn=c.fused_bn)
+
+# %% ../nbs/04_train.ipynb #dfba3f87
+def _latest_intact(run_dir:Path, done:list[int], device) -> tuple[int, dict]:
+    "The step and content of the latest checkpoint that loads, warning about each later one that does not."
+    for s in reversed(done):
+        try: return s, load_checkpoint(run_dir, s, map_location=device)
+        except CheckpointError as e:
+            if s == done[0]: raise
+            warnings.warn(f"{e}: resuming from the previous checkpoint instead", stacklevel=2)
+
+def _record_outer_lr(run_dir:Path, old:dict, lr:float, step:int):
+    "Write the new `outer_lr` to `config.json`, with the change appended to `outer_lr_changes`."
+    ch = [*old.get('outer_lr_changes', []), {'step': int(step), 'from': old.get('outer_lr'), 'to': lr}]
+    write_config(run_dir, {**old, 'outer_lr': lr, 'outer_lr_changes': ch})
+    warnings.warn(f"{run_dir}: outer_lr changes from {old.get('outer_lr')} to {lr} at step {step} (recorded in its config.json)", stacklevel=2)
 
 # %% ../nbs/04_train.ipynb #b6e09d00
 def _start(T:_Trainer, run_dir:Path, resume:bool) -> int:
-    "Restore the latest checkpoint of `run_dir` and return its step, or start the run directory (step 0)."
+    "Lock `run_dir`; restore its latest intact checkpoint and return its step, or start the run directory (step 0)."
+    T.lock = T.lock or RunLock(run_dir).acquire()   # held until training ends (`T.release`), at worst until the process ends
     done = list_checkpoints(run_dir)
     if done and not resume: raise FileExistsError(f"{run_dir} already holds checkpoints {done[:3]}...: pass resume=True to continue it, or use a new run_dir")
-    for p in [*run_dir.glob('.*.tmp'), *(run_dir/'checkpoints').glob('.*.tmp')]: p.unlink()  # left by a killed write
+    clean_tmp(run_dir); clean_tmp(run_dir/CKPT_DIR)   # left by a killed write; we hold the lock, so nobody is writing
     if not done: write_config(run_dir, T.config); T.save(0); return 0
-    _check_same_run(read_config(run_dir), T.config, run_dir)
+    old = read_config(run_dir)
+    _check_same_run(old, T.config, run_dir)
     if done[-1] > T.cfg.meta_iters: raise ValueError(f"{run_dir} already has a checkpoint at step {done[-1]} > meta_iters={T.cfg.meta_iters}: raise meta_iters or use a new run_dir")
-    T.restore(load_checkpoint(run_dir, done[-1], map_location=T.device))
-    return done[-1]
+    step, ck = _latest_intact(run_dir, done, T.device)
+    T.restore(ck)
+    if old.get('outer_lr') != T.cfg.outer_lr: _record_outer_lr(run_dir, old, T.cfg.outer_lr, step)
+    return step
 
 def _progress(it, total, on):
     if not on: return it
@@ -273,6 +315,8 @@ def _loop(T, cfg:TrainConfig, run_dir:Path, start:int, log, progress:bool, befor
                 if before_save: before_save(s + 1)
                 log.flush(); T.save(s + 1); last = s + 1  # log first: a checkpoint never lacks its log rows
         val = T.validate(); log.append({'step': cfg.meta_iters, **val})  # the final validation (row meta_iters)
+        if not all(math.isfinite(v) for k, v in val.items() if not k.endswith('_ci95')):
+            raise DivergedError(f"the final validation of {run_dir} at step {cfg.meta_iters} is not finite ({val}): adaptation at meta-test diverges; lower inner_lr ({cfg.inner_lr}) or inner_steps_test ({cfg.inner_steps_test}), or resume an earlier checkpoint with a lower outer_lr")
     finally:
         log.flush()
         if batches is not None: batches.close()
@@ -283,7 +327,8 @@ def _train(cfg:TrainConfig, run_dir:Path, resume:bool, progress:bool, data) -> d
     device = get_device(cfg.device)
     if cfg.dataset != 'sinusoid' and data is None: data = load_data(asdict(cfg))
     T = _Trainer(cfg, run_dir, data, device)
-    return _loop(T, cfg, run_dir, _start(T, run_dir, resume), TrainLog(run_dir), progress)
+    try: return _loop(T, cfg, run_dir, _start(T, run_dir, resume), TrainLog(run_dir), progress)
+    finally: T.release()
 
 # %% ../nbs/04_train.ipynb #9c1bfe06
 def train(config:TrainConfig|dict, # the run's config
