@@ -110,7 +110,7 @@ def _losses(model, ps:Params, x:Tensor, y:Tensor, mode:str) -> tuple[Tensor, Ten
     return l, (a if cls else None)
 
 # %% ../nbs/09_analysis.ipynb #4c7a0738
-def _curvature(model, adapted:Params, tasks:TaskBatch, cfg:AnalysisConfig, out:dict):
+def _curvature_of(model, adapted:Params, tasks:TaskBatch, cfg:AnalysisConfig, out:dict):
     "Add the top eigenvalue (and trace) of each task's support-loss Hessian at its solution to `out`."
     lf = make_batch_loss_fn(model, tasks.xs, tasks.ys, bn_mode=cfg.bn_mode, vectorize=resolve_batching(cfg.batching, tasks.device, model) == 'vmap')
     if cfg.hessian:
@@ -121,6 +121,18 @@ def _curvature(model, adapted:Params, tasks:TaskBatch, cfg:AnalysisConfig, out:d
         t = batch_hutchinson_trace(lf, adapted, rtol=cfg.trace_tol, seed=cfg.seed, chunk_size=cfg.chunk_size)
         out['task'].update(hess_trace=t.value, hess_trace_err=t.std_error)
         out['info'].update(hess_trace_converged=t.converged.tolist(), hess_trace_n_samples=t.n_samples.tolist())
+
+# %% ../nbs/09_analysis.ipynb #c51a772b
+def _curvature(model, adapted:Params, tasks:TaskBatch, cfg:AnalysisConfig, out:dict):
+    "`_curvature_of`, with NaN for tasks whose adapted params are not finite (a diverged run) instead of a failed eigensolver."
+    ok = torch.isfinite(flatten(adapted, 1)).all(1).cpu()
+    if bool(ok.all()): return _curvature_of(model, adapted, tasks, cfg, out)
+    n, idx, sub = len(ok), ok.nonzero().flatten().tolist(), {'task': {}, 'info': {}}
+    if idx: _curvature_of(model, {k: v[idx] for k, v in adapted.items()}, tasks[idx], cfg, sub)
+    for k in ['top_eig', 'top_eig_err'] * cfg.hessian + ['hess_trace', 'hess_trace_err'] * cfg.trace:
+        out['task'][k] = torch.full((n,), math.nan, dtype=torch.float64)
+        if idx: out['task'][k][idx] = sub['task'][k].detach().double().cpu()
+    for k, v in sub['info'].items(): out['info'][k] = [v[idx.index(j)] if j in idx else None for j in range(n)]
 
 # %% ../nbs/09_analysis.ipynb #63e98b93
 def measure_checkpoint(model:torch.nn.Module, # the network (its own parameters are not used)
@@ -160,7 +172,7 @@ def task_table(res:dict, run:str, seed:int, step:int, variant:str, task_ids=None
 def checkpoint_table(res:dict, tasks:pd.DataFrame) -> pd.DataFrame:
     "The per-checkpoint table of one result: task means with CIs, and the coherences with bootstrap CIs."
     agg = aggregate_tasks(tasks)
-    k = agg.iloc[0][['variant', 'run', 'seed', 'step']].to_dict()
+    k = tasks.iloc[0][['variant', 'run', 'seed', 'step']].to_dict()   # agg is empty when every measurement is NaN
     n = int(tasks['task'].nunique())
     coh = pd.DataFrame([dict(k, measure=m, value=v, ci_low=lo, ci_high=hi, n=n) for m, (v, lo, hi) in res['checkpoint'].items()])
     return validate_checkpoints(pd.concat([agg, coh], ignore_index=True)[['variant'] + list(CHECKPOINT_COLUMNS)])

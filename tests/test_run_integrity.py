@@ -137,3 +137,18 @@ def test_coherence_ci_of_nan_measurements():
 
 def test_errors_are_metanb_errors():
     for E in (RunLocked, CheckpointError, ConfigError, DivergedError): assert issubclass(E, MetanbError)
+
+def test_analysis_of_a_diverged_checkpoint(tmp_path):
+    from metanb.models import MLP
+    from metanb.core import params_of
+    from metanb.analysis import AnalysisConfig
+    run = tmp_path/'nanrun'; (run/'checkpoints').mkdir(parents=True)
+    (run/'config.json').write_text(json.dumps({'model': 'mlp', 'model_kwargs': {'sizes': [1, 8, 1]}, 'dataset': 'sinusoid',
+                                               'shots': 5, 'queries': 5, 'inner_lr': 0.01, 'inner_steps_test': 2}))
+    torch.manual_seed(0); p = params_of(MLP((1, 8, 1)), detach=True)
+    torch.save(p, run/'checkpoints'/'step_000000.pt')
+    torch.save({k: v * math.nan for k, v in p.items()}, run/'checkpoints'/'step_000010.pt')
+    _, s = analyse_run(run, AnalysisConfig(n_tasks=4, n_boot=20, tol=1e-2), progress=False, log=None)
+    nan = s[s.step == 10]
+    assert len(nan) and nan[['value', 'ci_low', 'ci_high']].isna().all().all()
+    assert s[s.step == 0].value.notna().all()
