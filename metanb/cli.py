@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_cli.ipynb #bdb00bb7
 from __future__ import annotations
-import sys, os, json, math, time, argparse, inspect
+import sys, os, json, math, time, argparse, inspect, errno
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -13,10 +13,11 @@ from .core import get_device, write_text, torch_threads
 GENERALIZATION = 'query_acc'  # = metanb.stats.GENERALIZATION (pandas, the stats and the plots are imported when used: `metanb --help` stays quick)
 
 # %% auto #0
-__all__ = ['GENERALIZATION', 'PRESETS', 'ALGORITHMS', 'SUMMARY_MEASURES', 'COMMANDS', 'OptionError', 'check_number',
-           'parse_seeds', 'parse_variant', 'check_device', 'check_out', 'check_data', 'resolve_settings', 'md_table',
-           'summary_table', 'write_report', 'train_config', 'analysis_config', 'study', 'train_run', 'analyze',
-           'report', 'run_command', 'main']
+__all__ = ['GENERALIZATION', 'PRESETS', 'ALGORITHMS', 'DATA_HELP', 'SUMMARY_MEASURES', 'COMMANDS', 'ISSUES', 'OptionError',
+           'check_number', 'parse_seeds', 'parse_variant', 'check_device', 'check_out', 'check_data',
+           'resolve_settings', 'md_table', 'summary_table', 'check_analysis', 'write_report', 'train_config',
+           'analysis_config', 'check_name', 'study', 'train_run', 'analyze', 'report', 'expected_error',
+           'error_message', 'run_command', 'main']
 
 # %% ../nbs/13_cli.ipynb #1b6853c1
 PRESETS = {
@@ -86,6 +87,8 @@ def parse_variant(v:str, option:str='--variants') -> str:
 _MAX_IMAGES = {'glyphs': 20, 'omniglot': 20, 'miniimagenet': 600}  # images per class (shots + queries must fit)
 _MAX_WAYS = {'miniimagenet': 20}  # meta-test classes of the split
 
+DATA_HELP = "the layouts are on the docs pages metanb.data.omniglot and metanb.data.miniimagenet; see also `metanb study --help`"
+
 def check_device(device:str, option:str='--device') -> str:
     "`device` if it exists here ('auto', 'cpu', 'cuda', 'cuda:N')."
     try: get_device(device)
@@ -104,7 +107,7 @@ def check_out(path:str, option:str='--out') -> Path:
 def check_data(preset:dict, data:str|None, option:str='--data') -> Path|None:
     "The dataset path: required (and must exist) for the presets that use data on disk."
     if data is None:
-        _need(not preset['needs_data'], option, f"this preset trains on {preset['dataset']}, which must be on disk: pass --data PATH (see PAPER.md for the layouts)")
+        _need(not preset['needs_data'], option, f"this preset trains on {preset['dataset']}, which must be on disk: pass --data PATH ({DATA_HELP})")
         return None
     p = Path(data).expanduser()
     _need(p.exists(), option, f"{p} does not exist")
@@ -120,13 +123,14 @@ def resolve_settings(preset:str, # a name of `PRESETS`
                      data:str|None=None, **overrides) -> dict:
     "The preset's settings with the non-None `overrides` applied, every value checked (`OptionError` naming the option)."
     _need(preset in PRESETS, '--preset', f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
-    s = dict(PRESETS[preset], preset=preset)
+    s = dict(PRESETS[preset], preset=preset, given=sorted(k for k, v in overrides.items() if v is not None))
     for k, v in overrides.items():
         if v is None: continue
         lo, hi, integer = _RANGES[k]
         s[k] = check_number(v, '--' + k, lo, hi, integer, open_lo=k == 'inner_lr')
     s['data'] = check_data(s, data)
     ds = s['dataset']
+    _need(ds != 'sinusoid' or overrides.get('ways') is None, '--ways', f"preset {preset} trains on sinusoid regression, which has no classes: drop --ways")
     lim = _MAX_IMAGES.get(ds, math.inf)
     _need(s['shots'] + s['queries'] <= lim, '--shots', f"shots + queries = {s['shots']} + {s['queries']} exceeds the {lim} images per class of {ds}")
     if ds in _MAX_WAYS: _need(s['ways'] <= _MAX_WAYS[ds], '--ways', f"{ds} has {_MAX_WAYS[ds]} meta-test classes: use --ways <= {_MAX_WAYS[ds]}")
@@ -158,21 +162,34 @@ def _target(ckpt) -> str:
 def summary_table(ckpt:'pd.DataFrame', conf:float=0.95) -> 'pd.DataFrame':
     "Per variant (or run): final generalization with its CI over seeds (or tasks), and the final landscape measures."
     import pandas as pd
-    from metanb.stats import validate_checkpoints, variant_summary
+    from metanb.stats import validate_checkpoints, variant_summary, ci_text
     ckpt = validate_checkpoints(ckpt)
     g = 'variant' if 'variant' in ckpt else 'run'
     target = _target(ckpt)
     acc = variant_summary(ckpt, target, conf).set_index(g)
     out = pd.DataFrame({'runs': acc['n_seeds'], 'final step': [max(s) for s in acc['step']],
-                        target: acc['mean'], '95% CI': [f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(acc['ci_low'], acc['ci_high'])]})
+                        target: acc['mean'], '95% CI': [ci_text(lo, hi, k) for lo, hi, k in zip(acc['ci_low'], acc['ci_high'], acc['interval'])]})
     for m in SUMMARY_MEASURES:
         if m in set(ckpt['measure']): out[m] = variant_summary(ckpt, m, conf).set_index(g)['mean']
     return out.reset_index()
 
 # %% ../nbs/13_cli.ipynb #3bb0e110
-def _read_summary(run:Path):
-    from metanb.analysis import load_analysis
-    return load_analysis(run)[1]
+def _read_table(f:Path) -> 'pd.DataFrame':
+    "A per-checkpoint table (analysis/summary.csv), or a clear error naming the file."
+    import pandas as pd
+    from metanb.stats import validate_checkpoints
+    try: return validate_checkpoints(pd.read_csv(f))
+    except (ValueError, KeyError, UnicodeDecodeError) as e:  # pandas' parser errors are ValueErrors
+        raise ValueError(f"{f} is not a readable analysis table ({' '.join(str(e).split())[:160]}): `metanb analyze {f.parent.parent}` rewrites it") from None
+
+def _expected_steps(run:Path) -> list[int]|None:
+    "The checkpoint schedule in the run's config.json (None when it does not say: a run written by hand)."
+    try: c = json.loads((run/'config.json').read_text())
+    except (OSError, ValueError): return None
+    if not isinstance(c, dict) or not c.get('meta_iters') or not (c.get('ckpt_every') or c.get('ckpt_log')): return None
+    from types import SimpleNamespace
+    from metanb.train import checkpoint_steps
+    return checkpoint_steps(SimpleNamespace(meta_iters=int(c['meta_iters']), ckpt_every=c.get('ckpt_every'), ckpt_log=c.get('ckpt_log')))
 
 def _figures(ckpt, runs:list[Path], fig_dir:Path) -> tuple[list[Path], list[str]]:
     "Draw the report's figures into `fig_dir`; returns the files and the reasons for the ones left out."
@@ -194,21 +211,52 @@ def _figures(ckpt, runs:list[Path], fig_dir:Path) -> tuple[list[Path], list[str]
     attempt('trajectory_cosines.png', heat)
     return made, skipped
 
+# %% ../nbs/13_cli.ipynb #3992a850
+def check_analysis(run:Path) -> tuple['pd.DataFrame', list[str]]:
+    "A run's per-checkpoint table cross-checked against its analysis step folders and its checkpoint schedule: `(table, what is missing)`."
+    from metanb.analysis import collect
+    from metanb.runs import list_checkpoints
+    a, notes = Path(run)/'analysis', []
+    folders = sorted(int(p.parent.name[5:]) for p in a.glob('step_*/meta.json'))
+    try: summ = _read_table(a/'summary.csv') if (a/'summary.csv').is_file() or not folders else None
+    except ValueError as e:
+        if not folders: raise
+        summ = None; notes.append(f"{run.name}: {e}")
+    listed = sorted(set(summ['step'])) if summ is not None else []
+    if folders and listed != folders:
+        if summ is not None: notes.append(f"{run.name}: analysis/summary.csv lists steps {listed or 'none'}, the analysed step folders are {folders}: "
+                                          f"the report uses the folders (`metanb analyze {run}` rewrites summary.csv)")
+        summ, listed = collect(run)[1], folders
+    if not listed: raise ValueError(f"{run} has nothing analysed (analysis/summary.csv is empty): run `metanb analyze {run}` first")
+    if (plan := _expected_steps(run)) is not None:
+        ckpts = set(list_checkpoints(run)); gone = [s for s in plan if s not in listed and s not in ckpts]
+        todo = [s for s in plan if s not in listed and s in ckpts]
+        if gone: notes.append(f"{run.name}: no checkpoint for step(s) {gone} of its {plan[-1]}-iteration schedule (config.json): the last step analysed is "
+                              f"{listed[-1]}; finish the training (`metanb train` with the run's options resumes it), then `metanb analyze`")
+        if todo: notes.append(f"{run.name}: checkpoint step(s) {todo} are not analysed: run `metanb analyze {run}`")
+    return summ, notes
+
+def _read_summary(run:Path): return check_analysis(run)[0]
+
 # %% ../nbs/13_cli.ipynb #26dfab67
 def write_report(runs:list, # run directories, each analysed (analysis/summary.csv)
                  out:str|Path|None=None, # where report.md and figures/ go (default: the run, or the runs' common parent)
-                 title:str|None=None) -> Path:
+                 title:str|None=None, log=None, # where to say what is missing (None: print it; False: nowhere)
+                ) -> Path:
     "Write figures and report.md (summary and claims tables) for one or several analysed runs; returns the report's path."
     import pandas as pd
-    from metanb.stats import claims_table
+    from metanb.stats import claims_table, study_inputs
     runs = [Path(r) for r in runs]
     if not runs: raise ValueError("write_report needs at least one run directory")
     out = Path(out) if out is not None else (runs[0] if len(runs) == 1 else Path(os.path.commonpath([r.resolve().parent for r in runs])))
-    ckpt = pd.concat([_read_summary(r) for r in runs], ignore_index=True)
+    checked = [check_analysis(r) for r in runs]
+    ckpt, missing = pd.concat([c for c, _ in checked], ignore_index=True), [m for _, ms in checked for m in ms]
+    if log is not False: [(log or _say)(f"missing: {m}") for m in missing]
     made, skipped = _figures(ckpt, runs, out/'figures')
-    claims, summ = claims_table(ckpt), summary_table(ckpt)
+    claims, summ = claims_table(ckpt, **study_inputs(runs)), summary_table(ckpt)
     write_text(out/'claims.csv', claims.to_csv(index=False)); write_text(out/'summary.csv', summ.to_csv(index=False))
     lines = [f"# {title or 'metanb report'}", '', f"Runs ({len(runs)}): " + ', '.join(f'`{r.name}`' for r in runs), '',
+             *(['## Missing: the analysis is incomplete', ''] + [f'- {m}' for m in missing] + [''] if missing else []),
              '## Summary (final checkpoint; mean over seeds, 95% CI)', '', md_table(summ), '',
              '## Claims of the paper', '', md_table(claims.drop(columns=['statement']).assign(claim=claims['claim'] + ': ' + claims['statement'])), '',
              '## Figures', ''] + [f'![{p.stem}](figures/{p.name})' for p in made]
@@ -245,7 +293,16 @@ def _variants(s:dict, variants:str|None, regularizer:str|None) -> list[str]:
         vs = [v for v in vs if '+' not in v] if r == 'none' else list(dict.fromkeys(v.split('+')[0] + f'+{r}' if '+' in v else v for v in vs))
         if r != 'none' and not any('+' in v for v in vs): vs.append(f'maml+{r}')
     _need(len(set(vs)) == len(vs), '--variants', f"variants repeat: {vs}")
+    _need('strength' not in s.get('given', ()) or any('+' in v for v in vs), '--strength',
+          f"no variant is regularized ({', '.join(vs)}): --strength needs one (e.g. --variants maml+coherence_step), or drop --strength")
     return vs
+
+def check_name(name:str|None, option:str='--name') -> str|None:
+    "A run name: one folder under --out (no path separator, not '.' or '..')."
+    if name is None: return None
+    _need(name.strip() not in ('', '.', '..') and '/' not in name and os.sep not in name and '\\' not in name, option,
+          f"must be a folder name under --out, without '/' or '..', got {name!r}")
+    return name
 
 def _study_dir(out:Path, s:dict) -> Path: return out/s['preset']
 def _run_dir(study:Path, variant:str, seed:int) -> Path: return study/f'{variant}-s{seed}'
@@ -270,12 +327,19 @@ def _analyser():
     else: from metanb.analysis import analyse_run as f
     return f
 
+def _load_data(cfg, progress:bool):
+    "The dataset of a run, loaded here so that `--quiet` also silences the glyph renderer's bar (None: sinusoid, or under torchrun, where rank 0 loads first)."
+    if cfg.dataset == 'sinusoid' or _ranks() > 1: return None
+    from metanb.data.registry import load_dataset
+    return load_dataset(cfg.dataset, path=cfg.data_path, progress=progress and _main_rank(), **cfg.data_kwargs)
+
 def _train_one(s:dict, variant:str, seed:int, device:str, run_dir:Path, progress:bool):
     "Train (or resume, or find finished) one run of a study."
     train = _trainer()
     t0 = time.perf_counter()
     _say(f"training {run_dir.name}: {variant}, seed {seed}, {s['iters']} iterations -> {run_dir}")
-    r = train(train_config(s, variant, seed, device), run_dir, resume=True, progress=progress)
+    cfg = train_config(s, variant, seed, device)
+    r = train(cfg, run_dir, resume=True, progress=progress, data=_load_data(cfg, progress))
     if progress and _main_rank(): print(flush=True)  # end the progress bar's line
     _say(f"trained {run_dir.name} in {time.perf_counter() - t0:.0f}s" + (f" (val_acc {r['val_acc']:.3f})" if 'val_acc' in r else ''))
 
@@ -329,7 +393,7 @@ def study(preset:str='quick', # quick (default), omniglot-5w1s, omniglot-20w1s, 
     rep = write_report(dirs, root, title=f'metanb study: {preset}')
     import pandas as pd
     _say('\n' + summary_table(pd.concat([_read_summary(d) for d in dirs])).to_string(index=False, float_format=lambda x: f'{x:.3g}'))
-    c = pd.read_csv(root/'claims.csv')[['claim', 'effect', 'estimate', 'ci_low', 'ci_high', 'verdict']]
+    c = pd.read_csv(root/'claims.csv').query("role == 'claim'")[['row', 'estimate', 'ci_low', 'ci_high', 'p_holm', 'verdict', 'to_decide']]
     _say('\n' + c.to_string(index=False, float_format=lambda x: f'{x:.3g}'))
     _say(f"\nclaims: {root/'claims.csv'}\nreport: {rep}\n(done in {time.perf_counter() - t0:.0f}s)")
     return rep
@@ -361,8 +425,9 @@ def train_run(preset:str='quick', # the settings (see `metanb study --help`)
     v = algorithm.strip().lower()
     _need(v in ALGORITHMS, '--algorithm', f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
     if regularizer is not None and _norm_reg(regularizer) != 'none': v = parse_variant(f'{v}+{regularizer}', '--regularizer')
+    _need(strength is None or '+' in v, '--strength', "sets the strength of a regularizer: pass --regularizer NAME too, or drop --strength")
     _need(int(seed) >= 0, '--seed', f"must be >= 0, got {seed}")
-    dev, d = check_device(device), check_out(out)/(name or f'{v}-s{seed}')
+    dev, d = check_device(device), check_out(out)/(check_name(name) or f'{v}-s{seed}')
     _check_workers(s, dev)
     if no_resume: _fresh([d])
     _train_one(s, v, seed, dev, d, not quiet)
@@ -377,8 +442,15 @@ def _check_runs(runs:list, need:str, option:str='RUN') -> list[Path]:
         p = Path(r).expanduser()
         _need(p.is_dir(), option, f"{p} is not a folder")
         _need((p/need).exists(), option, f"{p} has no {need}" + (': analyse it first (metanb analyze)' if 'analysis' in need else ': is it a run directory?'))
+        if need == 'config.json': _config_ok(p/need, option)
         out.append(p)
     return out
+
+def _config_ok(f:Path, option:str):
+    "A run's config.json must be a JSON object (an edited or truncated one fails here, naming the file)."
+    try: c = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise OptionError(option, f"{f} is not valid JSON ({e}): restore it, or train the run again") from None
+    _need(isinstance(c, dict), option, f"{f} must hold a JSON object (the run's settings), got {type(c).__name__}")
 
 def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
             tasks:int=20, # meta-test tasks per checkpoint
@@ -411,7 +483,7 @@ def report(runs:Param('run directories (analysed)', str, nargs='+', opt=False)=N
            title:str=None, # the report's title
           ):
     "Write figures and report.md (summary and claims tables) for analysed runs, and print where it is."
-    dirs = _check_runs(runs or [], 'analysis/summary.csv')
+    dirs = _check_runs(runs or [], 'analysis')
     _need(bool(dirs), 'RUN', 'give at least one analysed run directory')
     if out is not None: check_out(out)
     rep = write_report(dirs, out, title)
@@ -432,8 +504,76 @@ def _parser(cmd:str) -> argparse.ArgumentParser:
     return p
 
 def _usage() -> str:
-    return 'usage: metanb {' + ','.join(COMMANDS) + '} [options]   (metanb COMMAND --help for its options)\n' + \
+    return 'usage: metanb {' + ','.join(COMMANDS) + '} [options] [--debug]   (metanb COMMAND --help for its options; --debug: tracebacks)\n' + \
            '\n'.join(f'  {k:8s} {inspect.getdoc(f).splitlines()[0]}' for k, f in COMMANDS.items())
+
+# %% ../nbs/13_cli.ipynb #ae2c1d76
+_EXPECTED = (ValueError, KeyError, TypeError, RuntimeError, FloatingPointError)  # raised by metanb's code: a message for the user
+ISSUES = 'https://github.com/metanb/metanb/issues'
+
+def _own_errors() -> tuple:
+    "metanb's own exception classes: the base class in `metanb.core` when there is one."
+    from metanb import core
+    base = getattr(core, 'MetanbError', None)
+    return (base,) if isinstance(base, type) else ()
+
+def _raised_in_metanb(e:BaseException) -> bool:
+    "Whether the innermost frame of `e`'s traceback is metanb's code (not torch's, numpy's, ...)."
+    import metanb
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None: tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(Path(metanb.__file__).resolve().parent)
+
+def _disk_full(e:BaseException) -> OSError|None:
+    "The `OSError` ENOSPC in `e`'s chain (causes and contexts), if any."
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC: return e
+        seen.add(id(e)); e = e.__cause__ or e.__context__
+    return None
+
+def _written_path(e:BaseException) -> str|None:
+    "The file a failed write was writing: the exception's filename, else the `path` of the innermost metanb frame that has one."
+    if getattr(e, 'filename', None): return str(e.filename)
+    import metanb
+    pkg, tb, frames = Path(metanb.__file__).resolve().parent, e.__traceback__, []
+    while tb is not None: frames.append(tb.tb_frame); tb = tb.tb_next
+    for f in reversed(frames):
+        if Path(f.f_code.co_filename).resolve().is_relative_to(pkg) and isinstance(f.f_locals.get('path'), (str, Path)): return str(f.f_locals['path'])
+    return None
+
+def expected_error(e:BaseException) -> bool:
+    "Whether `e` is an expected failure (one line for the user) rather than a bug (a traceback)."
+    if isinstance(e, (OptionError, _UsageError) + _own_errors()) or _disk_full(e) is not None: return True
+    if isinstance(e, OSError) and (e.errno is not None or _raised_in_metanb(e)): return True
+    return isinstance(e, _EXPECTED) and _raised_in_metanb(e)
+
+# %% ../nbs/13_cli.ipynb #459721d9
+def error_message(e:BaseException) -> str:
+    "The one-line message of an expected failure `e`."
+    if (full := _disk_full(e)) is not None:
+        return f"no space left on the device writing {_written_path(full) or 'a file'}: free some space and run the same command again (finished work is kept)"
+    msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+    return ' '.join((msg or type(e).__name__).split())
+
+def _fail(cmd:str, e:BaseException, debug:bool) -> int:
+    "Report the failure `e` of `metanb cmd`: one line when expected, else the traceback and where to report it; the exit status."
+    if isinstance(e, KeyboardInterrupt):
+        _err_line(cmd, 130, "interrupted (finished checkpoints and analyses are kept: run the same command again to continue)"); return 130
+    if debug: raise e
+    if expected_error(e): code = 2 if isinstance(e, (OptionError, _UsageError)) else 1; _err_line(cmd, code, error_message(e)); return code
+    import traceback
+    traceback.print_exception(e)
+    print(f"metanb {cmd}: internal error ({type(e).__name__}): this is a bug in metanb; please report it with the traceback above at {ISSUES}", file=sys.stderr)
+    return 1
+
+# %% ../nbs/13_cli.ipynb #b4ace323
+def _err_line(cmd:str, code:int, msg:str):
+    "Print `metanb cmd: error: msg` (rank 0 only; under `--nproc` the rank writes it for the launcher to print once)."
+    line = f"metanb {cmd}: error{'' if _main_rank() else ' (rank ' + os.environ['RANK'] + ')'}: {msg}"
+    if _ranks() > 1 and os.environ.get('METANB_ERROR_FILE'):
+        with open(os.environ['METANB_ERROR_FILE'], 'a') as f: f.write(f"{code}\t{line}\n")
+    else: print(line, file=sys.stderr, flush=True)  # under a torchrun of your own, every failing rank says so
 
 # %% ../nbs/13_cli.ipynb #043e8c16
 def _norm_opt(a:str) -> str:
@@ -443,8 +583,10 @@ def _norm_opt(a:str) -> str:
     return '--' + name.replace('-', '_') + eq + val
 
 def run_command(argv:list[str]) -> int:
-    "Run `metanb ARGV...`; returns the exit status (2 for usage errors, printed as one line on stderr)."
+    "Run `metanb ARGV...`; returns the exit status (an expected failure prints one line on stderr: 2 for usage errors, 130 for Ctrl-C, 1 otherwise)."
     argv = [_norm_opt(a) for a in argv]
+    debug = '--debug' in argv or os.environ.get('METANB_DEBUG', '0') not in ('', '0')
+    if '--debug' in argv: argv = [a for a in argv if a != '--debug']; os.environ['METANB_DEBUG'] = '1'  # torchrun's ranks inherit it
     if not argv or argv[0] in ('-h', '--help'):
         print(_usage(), file=sys.stdout if argv else sys.stderr); return 0 if argv else 2
     cmd = _ALIASES.get(argv[0], argv[0])
@@ -456,9 +598,7 @@ def run_command(argv:list[str]) -> int:
         args.pop('pdb', None); args.pop('xtra', None)
         if nproc > 1: return _relaunch(nproc, cmd, argv, args)
         COMMANDS[cmd](**args)
-    except (_UsageError, OptionError) as e:
-        if _main_rank(): print(f"metanb {cmd}: error: {e}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as e: return _fail(cmd, e, debug)
     return 0
 
 def _split_nproc(argv:list[str]) -> tuple[int, list[str]]:
@@ -480,8 +620,26 @@ def _relaunch(nproc:int, cmd:str, argv:list[str], args:dict) -> int:
                ([args['regularizer']] if args['regularizer'] not in (None, 'none') else [])
         _need(not regs, '--nproc', f"{regs[0]} couples the tasks of a whole meta-batch, which the ranks would split: "
               "train regularized variants in one process (or pass --regularizer none)" if regs else '')
-    from metanb.distributed import run_torchrun
-    return run_torchrun(nproc, ['-m', 'metanb.cli', *argv])
+    return _torchrun_one_line(nproc, argv)
+
+def _torchrun_one_line(nproc:int, argv:list[str]) -> int:
+    "torchrun `metanb ARGV` in `nproc` processes; a rank's expected failure prints its one line (not torchrun's report of the child)."
+    import subprocess, tempfile
+    from metanb.distributed import torchrun_command
+    with tempfile.TemporaryDirectory(prefix='metanb_') as tmp:
+        ef, held = Path(tmp)/'error', []
+        p = subprocess.Popen(torchrun_command(nproc, ['-m', 'metanb.cli', *argv]), stderr=subprocess.PIPE, env={**os.environ, 'METANB_ERROR_FILE': str(ef)})
+        try:
+            while chunk := p.stderr.read1(65536):  # live, until a rank has reported its error (then torchrun's report is held back)
+                if ef.exists(): held.append(chunk)
+                else: sys.stderr.write(chunk.decode(errors='replace')); sys.stderr.flush()
+            rc = p.wait()
+        except KeyboardInterrupt: p.wait(60); raise
+        if rc != 0 and ef.exists() and ef.read_text().strip():
+            code, _, line = ef.read_text().splitlines()[0].partition('\t')
+            print(line, file=sys.stderr); return int(code)
+        sys.stderr.write(b''.join(held).decode(errors='replace'))
+        return rc
 
 def main():
     "The `metanb` console script."

@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from .core import atomic_write
-from .stats import (GENERALIZATION, MEASURES, validate_checkpoints, aggregate_seeds, correlations,
+from .stats import (GENERALIZATION, MEASURES, validate_checkpoints, aggregate_seeds, correlations, ci_text,
                           checkpoint_wide, variant_summary)
 
 # %% auto #0
@@ -99,7 +99,7 @@ def _corr_label(d:pd.DataFrame, measure, target, method, conf, n_resamples) -> s
     "'spearman r = 0.93 [0.85, 0.98]' for the runs in `d` (mean over seeds when several)."
     a = aggregate_seeds(correlations(d, target, [measure], (method,), conf, n_resamples), bounds=(-1, 1)).iloc[0]
     k = f", {a['n_seeds']} seeds" if a['n_seeds'] > 1 else ''
-    return f"{method} r = {a['mean']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}]{k}"
+    return f"{method} r = {a['mean']:.2f} {ci_text(a['ci_low'], a['ci_high'])}{k}"
 
 # %% ../nbs/11_plots.ipynb #f0c214fe
 def plot_coherence_vs_accuracy(ckpt:pd.DataFrame, # per-checkpoint table

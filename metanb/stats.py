@@ -11,10 +11,15 @@ import pandas as pd
 from scipy import stats
 
 # %% auto #0
-__all__ = ['TASK_COLUMNS', 'CHECKPOINT_COLUMNS', 'GENERALIZATION', 'MIN_CHECKPOINTS', 'MEASURES', 'CORRELATIONS', 'CLAIMS',
-           'VERDICTS', 'validate_tasks', 'validate_checkpoints', 'run_keys', 'bootstrap_ci', 'mean_ci',
-           'aggregate_tasks', 'correlation', 'checkpoint_wide', 'correlations', 'trends', 'synthetic_study',
-           'aggregate_seeds', 'final_values', 'variant_summary', 'variant_difference', 'verdict', 'claims_table']
+__all__ = ['TASK_COLUMNS', 'CHECKPOINT_COLUMNS', 'GENERALIZATION', 'MIN_CHECKPOINTS', 'MEASURES', 'CORRELATIONS', 'ALPHA',
+           'MIN_SEEDS', 'MIN_WINDOW', 'MIN_FRESH_TASKS', 'FT_MARGIN', 'CLAIMS', 'VERDICTS', 'EFFECTS', 'FRESH_COLUMNS',
+           'COLUMNS', 'CALIBRATION', 'validate_tasks', 'validate_checkpoints', 'run_keys', 'bootstrap_ci', 'mean_ci',
+           'aggregate_tasks', 'correlation', 'checkpoint_wide', 'correlations', 'trends', 'synthetic_study', 'task_se',
+           'aggregate_seeds', 'final_values', 'variant_summary', 'variant_difference', 'spearman_last', 'holm',
+           'seeds_needed', 'seed_inference', 'task_draws', 'study_arrays', 'trend_effect', 'assoc_effect',
+           'fluct_effect', 'fluct_design', 'window_effect', 'change_effect', 'claim_effects', 'decide', 'peak_start',
+           'checkpoint_rows', 'final_effect', 'tost', 'difference', 'claim5_rows', 'paired_effect', 'claim6_rows',
+           'claims_table', 'ci_text', 'study_inputs', 'synthetic_arrays', 'calibration']
 
 # %% ../nbs/10_stats.ipynb #212b0052
 TASK_COLUMNS = ('run', 'seed', 'step', 'task', 'measure', 'value')
@@ -230,11 +235,12 @@ def trends(ckpt:pd.DataFrame, measures=None, methods:Sequence[str]=('spearman',)
     return correlations(ckpt, target='step', measures=measures, methods=methods, **kw)
 
 # %% ../nbs/10_stats.ipynb #dba89bea
-def _curves(t:np.ndarray, variant:str, peak:float, reg_gain:float, rng) -> dict:
+def _curves(t:np.ndarray, variant:str, peak:float, reg_gain:float, rng, fluct:float=0.0) -> dict:
     "Per-checkpoint true means of every measure for training progress `t` in [0, 1]."
     ft = variant == 'finetune'
     acc = 0.2 + (0.4 if ft else 0.6) * (1 - np.exp(-t / 0.2)) - 0.3 * np.clip(t - peak, 0, None) + rng.normal(0, 0.005)
     if '+' in variant: acc = acc + reg_gain * (1 - np.exp(-t / 0.2))
+    if fluct: acc = acc + rng.normal(0, fluct, len(t))  # real checkpoint-to-checkpoint changes, which coherence tracks
     coh = rng.normal(0.01, 0.01, len(t)) if ft else 0.05 + 0.6 * (acc - 0.2) + rng.normal(0, 0.01, len(t))
     return dict(query_acc=acc, query_loss=-np.log(acc), support_loss=1.6 * np.exp(-3 * t) + 0.02,
                 top_eig=5 + 60 * np.exp(-2.5 * t), distance=0.5 + 2 * t, traj_coherence=coh,
@@ -249,12 +255,13 @@ def synthetic_study(seeds:Sequence[int]=(0, 1, 2), variants:Sequence[str]=('maml
                     n_checkpoints:int=12, last_step:int=22000, n_tasks:int=20,
                     peak:float=0.6, # where accuracy peaks, as a fraction of training (> 1: never)
                     reg_gain:float=0.05, # final accuracy gained by a '+' (regularized) variant
+                    fluct:float=0.0, # sd of real per-checkpoint accuracy fluctuations (coherence follows them)
                     seed:int=0) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Synthetic `(per-task table, per-checkpoint table)` with the paper's trends built in (for examples and tests)."
     rng, steps, rows, scal = np.random.default_rng(seed), np.linspace(0, last_step, n_checkpoints).astype(int), [], []
     for v in variants:
         for s in seeds:
-            run, c = f'{v}-s{s}', _curves(steps / last_step, v, peak, reg_gain, rng)
+            run, c = f'{v}-s{s}', _curves(steps / last_step, v, peak, reg_gain, rng, fluct)
             for m, sd in _TASK_SD.items():
                 vals = c[m][:, None] + rng.normal(0, sd, (n_checkpoints, n_tasks)) * (c[m][:, None] if m in _RELATIVE else 1)
                 rows += [dict(variant=v, run=run, seed=s, step=st, task=t, measure=m, value=vals[i, t])
@@ -265,17 +272,27 @@ def synthetic_study(seeds:Sequence[int]=(0, 1, 2), variants:Sequence[str]=('maml
     tasks = pd.DataFrame(rows)
     return tasks, pd.concat([aggregate_tasks(tasks), pd.DataFrame(scal)], ignore_index=True)
 
+# %% ../nbs/10_stats.ipynb #761df602
+def task_se(ckpt:pd.DataFrame) -> pd.Series:
+    "Standard error over meta-test tasks of each per-checkpoint value, from its CI and n (0 when unknown)."
+    z = stats.t.ppf(0.975, np.maximum(ckpt['n'].to_numpy() - 1, 1))
+    return ((ckpt['ci_high'] - ckpt['ci_low']) / (2 * z)).fillna(0).clip(lower=0)
+
 # %% ../nbs/10_stats.ipynb #2bf74d11
 @_quiet
 def _seed_summary(g:pd.DataFrame, value:str, conf:float, bounds) -> dict:
     "Mean, standard error and CI over the runs in `g`."
     g = g.sort_values('seed'); v = g[value].to_numpy('float64'); k = len(v)
     mean, se = float(v.mean()), (float(v.std(ddof=1) / np.sqrt(k)) if k > 1 else np.nan)
-    if k == 1: lo, hi = (g['ci_low'].iloc[0], g['ci_high'].iloc[0]) if 'ci_low' in g else (np.nan, np.nan)
-    elif se == 0: lo = hi = mean
-    else: lo, hi = stats.ttest_1samp(v, 0).confidence_interval(conf)
+    kind = f'{k} seeds (t)'
+    if k == 1: (lo, hi), kind = ((g['ci_low'].iloc[0], g['ci_high'].iloc[0]) if 'ci_low' in g else (np.nan, np.nan)), 'one run: its within-run interval'
+    elif se == 0 and 'ci_low' in g:  # the seeds agree exactly: the tasks are the only spread left
+        se = float(np.sqrt((task_se(g) ** 2).mean() / k)); kind = f'{k} seeds agree exactly: task spread'
+        lo, hi = (stats.t.interval(conf, k - 1, mean, se) if se > 0 else (np.nan, np.nan))
+    else: lo, hi = stats.ttest_1samp(v, 0).confidence_interval(conf) if se > 0 else (np.nan, np.nan)
     if bounds is not None: lo, hi = np.clip([lo, hi], *bounds)
-    return dict(mean=mean, se=se, ci_low=float(lo), ci_high=float(hi), n_seeds=k,
+    if not hi > lo: lo, hi, kind = np.nan, np.nan, 'degenerate: no spread over seeds or tasks'  # never a zero-width interval
+    return dict(mean=mean, se=se, ci_low=float(lo), ci_high=float(hi), interval=kind, n_seeds=k,
                 seeds=tuple(int(s) for s in g['seed']), per_seed=tuple(float(x) for x in v))
 
 # %% ../nbs/10_stats.ipynb #ad0edf04
@@ -328,7 +345,14 @@ def variant_difference(ckpt:pd.DataFrame, measure:str, a:str, b:str, conf:float=
         lo, hi, how = est - half, est + half, 'normal'
     return dict(estimate=est, ci_low=float(lo), ci_high=float(hi), method=how, n_a=len(fa), n_b=len(fb))
 
-# %% ../nbs/10_stats.ipynb #92eaede6
+# %% ../nbs/10_stats.ipynb #b2144dd9
+ALPHA = 0.05  # family-wise error rate of the claims table (Holm)
+MIN_SEEDS = 3  # fewest seeds a verdict is drawn from
+MIN_WINDOW = 3  # fewest checkpoints in a post-peak window
+MIN_FRESH_TASKS = 600  # fewest fresh meta-test tasks per seed for claim 6
+FT_MARGIN = 0.05  # claim 5: |coherence| below this counts as near zero (equivalence margin)
+
+# %% ../nbs/10_stats.ipynb #3c8eca30
 CLAIMS = {
     '1a': 'as meta-training advances, meta-test solutions get flatter',
     '1b': 'as meta-training advances, meta-test solutions get lower in (support) loss',
@@ -338,27 +362,313 @@ CLAIMS = {
     '4': 'generalization correlates with gradient coherence at theta_s',
     '5': 'a plain finetuning baseline has (near-)zero coherence, below MAML\'s',
     '6': 'the coherence regularizer improves MAML\'s generalization',
+    'ref': 'reference, not a claim: flatness as a predictor of generalization (compare with 3 and 4)',
 }
-VERDICTS = ('supports', 'contradicts', 'cannot decide', 'not measured')
+VERDICTS = ('supports', 'contradicts', 'cannot decide', 'not measured', 'context')
+EFFECTS = {  # row: (claim, effect, role)
+    '1a': ('1a', 'spearman(step, top_eig)', 'claim'),
+    '1a/loss': ('1a', 'spearman(step, top_eig / support_loss): curvature per unit loss (robustness)', 'claim'),
+    '1b': ('1b', 'spearman(step, support_loss)', 'claim'), '1c': ('1c', 'spearman(step, distance)', 'claim'),
+    '2 premise': ('2', 'query_acc change from the validation peak to the end (premise: < 0)', 'context'),
+    '2': ('2', 'spearman(step, top_eig) from the validation peak on', 'claim'),
+    **{f'{c}{s}': (c, e.format(m=m), 'claim' if s == '' and c != 'ref' else 'context') for c, m in
+       (('3', 'traj_coherence'), ('4', 'grad_coherence'), ('ref', 'top_eig')) for s, e in (
+           ('', 'spearman of query_acc and {m} deviations from the across-seed mean curve (trend removed)'),
+           (' trend', 'spearman(query_acc, {m}) across checkpoints (shares the training trend)'),
+           (' post-peak', 'spearman(query_acc, {m}) from the validation peak on'))},
+    'ref/loss': ('ref', 'as ref, with top_eig / support_loss (curvature per unit loss)', 'context'),
+}
 
-def verdict(ci_low:float, ci_high:float, expected:int, # +1: the claim says > 0; -1: < 0
-           ) -> str:
-    "'supports' if the CI excludes 0 on the `expected` side, 'contradicts' on the other, else 'cannot decide'."
-    if not (np.isfinite(ci_low) and np.isfinite(ci_high)): return 'cannot decide'
-    if ci_low > 0: return 'supports' if expected > 0 else 'contradicts'
-    if ci_high < 0: return 'supports' if expected < 0 else 'contradicts'
-    return 'cannot decide'
+# %% ../nbs/10_stats.ipynb #69e85800
+def _pearson_last(a, b):
+    "Pearson correlation along the last axis (NaN where one side is constant)."
+    a, b = a - a.mean(-1, keepdims=True), b - b.mean(-1, keepdims=True)
+    with np.errstate(all='ignore'): return (a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
 
-# %% ../nbs/10_stats.ipynb #82f98360
-def _row(claim, effect, expected, agg=None, note='', why=None) -> dict:
-    "One claims-table row from an across-seed summary `agg` (or 'not measured' with reason `why`)."
-    base = dict(claim=claim, statement=CLAIMS[claim], effect=effect, expected='> 0' if expected > 0 else '< 0')
-    if agg is None: return {**base, 'estimate': np.nan, 'ci_low': np.nan, 'ci_high': np.nan, 'n_runs': 0, 'verdict': 'not measured', 'note': why}
-    per = ', '.join(f'{v:.3g}' for v in agg['per_seed']) if 'per_seed' in agg else ''
-    note = '; '.join(s for s in (note, f'per seed: {per}' if len(agg.get('per_seed', ())) > 1 else '') if s)
-    return {**base, 'estimate': agg['mean'], 'ci_low': agg['ci_low'], 'ci_high': agg['ci_high'],
-            'n_runs': agg['n_seeds'], 'verdict': verdict(agg['ci_low'], agg['ci_high'], expected), 'note': note}
+def spearman_last(a, b):
+    "Spearman correlation along the last axis of broadcastable arrays (vectorized over all other axes)."
+    a, b = np.broadcast_arrays(np.asarray(a, 'float64'), np.asarray(b, 'float64'))
+    return _pearson_last(stats.rankdata(a, axis=-1), stats.rankdata(b, axis=-1))
 
+# %% ../nbs/10_stats.ipynb #954f2750
+def holm(p) -> np.ndarray:
+    "Holm-adjusted p-values of a family (NaN entries are not in the family and stay NaN)."
+    p = np.asarray(p, 'float64'); out = np.full_like(p, np.nan); ok = np.flatnonzero(np.isfinite(p))
+    o = ok[np.argsort(p[ok], kind='stable')]; m = len(o)
+    out[o] = np.minimum(1, np.maximum.accumulate((m - np.arange(m)) * p[o]))
+    return out
+
+# %% ../nbs/10_stats.ipynb #cd7c70a5
+def seeds_needed(effect:float, sd:float, alpha:float=ALPHA, power:float=0.8, most:int=200) -> int|None:
+    "Fewest seeds for a two-sided one-sample t-test to reach `power` when per-seed effects have mean `effect` and spread `sd` (None: more than `most`)."
+    if not (np.isfinite(effect) and np.isfinite(sd)) or effect == 0: return None
+    if sd <= 0: return MIN_SEEDS
+    n = np.arange(MIN_SEEDS, most + 1); df, nc = n - 1, abs(effect) / sd * np.sqrt(n)
+    tc = stats.t.ppf(1 - alpha / 2, df)
+    pw = stats.nct.sf(tc, df, nc) + stats.nct.cdf(-tc, df, nc)
+    return int(n[np.argmax(pw >= power)]) if (pw >= power).any() else None
+
+# %% ../nbs/10_stats.ipynb #3a6781c9
+@_quiet
+def seed_inference(E:np.ndarray, # per-seed effects [draws, seeds]: row 0 the estimates, rows 1.. task-noise draws
+                   expected:int=1, conf:float=0.95, design:float=1.0, # variance factor for dependent per-seed effects
+                   df:int|None=None, n_boot:int=2000, seed:int=0) -> dict:
+    "Across-seed estimate, multi-bootstrap interval (seeds, and tasks within them), t-test p and sign agreement."
+    E = np.nan_to_num(np.asarray(E, 'float64'), nan=0.0); k = E.shape[1]; est = E[0]; m = float(est.mean())
+    agree = int((np.sign(est) == np.sign(expected)).sum())
+    out = dict(estimate=m, ci_low=np.nan, ci_high=np.nan, interval='', se=np.nan, p=np.nan, n_runs=k,
+               seeds_agree=f'{agree}/{k}', sign_p=float(stats.binomtest(agree, k, 0.5, 'greater').pvalue), per_seed=tuple(est))
+    rng = np.random.default_rng(seed)
+    if k == 1:
+        h = stats.norm.ppf(0.5 + conf / 2) * E[1:, 0].std(ddof=1) if len(E) > 2 else np.nan
+        lo, hi = m - h, m + h  # centred on the estimate: extra noise on noisy data pulls a correlation towards 0
+        if hi > lo: out.update(ci_low=float(lo), ci_high=float(hi), interval='one run: tasks only')
+        return out
+    D = E[1:] if len(E) > 1 else E  # task-noise draws (row 0 alone without them)
+    boot = D[rng.integers(len(D), size=(n_boot, 1)), rng.integers(k, size=(n_boot, k))].mean(1)  # one task draw for all seeds: they share tasks
+    se = float(boot.std(ddof=1) * np.sqrt(k / (k - 1) * design)); df = k - 1 if df is None else df
+    if not se > 0 or df < 1: return {**out, 'interval': 'all seeds agree exactly' if se == 0 else 'too few seeds'}
+    h = stats.t.ppf(0.5 + conf / 2, df) * se
+    return {**out, 'ci_low': m - h, 'ci_high': m + h, 'interval': f'{k} seeds + tasks', 'se': se, 'p': float(2 * stats.t.sf(abs(m) / se, df))}
+
+# %% ../nbs/10_stats.ipynb #92ed0256
+def task_draws(tasks:pd.DataFrame, measure:str, runs:Sequence[str], steps:Sequence, n_draws:int, rng) -> np.ndarray|None:
+    "`[draws, runs, steps]` means of `measure` over resampled meta-test tasks, the same resample for every run and step (None: not in `tasks`)."
+    d = tasks[(tasks['measure'] == measure) & tasks['run'].isin(runs) & tasks['step'].isin(steps)]
+    if not len(d) or set(d['run']) != set(runs): return None
+    w = d.pivot_table(index=['run', 'step'], columns='task', values='value')
+    A = np.stack([w.loc[r].reindex(steps).to_numpy() for r in runs])  # [runs, steps, tasks]
+    idx = rng.integers(A.shape[-1], size=(n_draws, A.shape[-1]))
+    return np.moveaxis(np.nanmean(A[..., idx], -1), -1, 0)
+
+# %% ../nbs/10_stats.ipynb #be304865
+def study_arrays(ckpt:pd.DataFrame, measures:Sequence[str], n_draws:int=200, seed:int=0,
+                 tasks:pd.DataFrame|None=None, # per-task table: its measures' task noise by resampling tasks (else from the CIs)
+                ) -> tuple:
+    "`(steps, runs, {measure: [draws, runs, steps]})`: each measure on the steps all runs share; draws 1.. add task noise."
+    ckpt = validate_checkpoints(ckpt); keys = run_keys(ckpt)
+    d = ckpt[ckpt['measure'].isin(measures)].assign(se=lambda d: task_se(d))
+    val, se = (d.pivot_table(index=keys, columns=['measure', 'step'], values=c, aggfunc='first') for c in ('value', 'se'))
+    missing = [m for m in measures if m not in val.columns.get_level_values(0)]
+    if missing: raise ValueError(f"the per-checkpoint table has no {missing} rows (it has {sorted(set(ckpt['measure']))})")
+    steps = sorted(set.intersection(*(set(val[m].dropna(axis=1).columns) for m in measures)))
+    if not steps: raise ValueError(f"no checkpoint where every run has all of {list(measures)}")
+    rng, out = np.random.default_rng(seed), {}
+    for m in measures:
+        v, s = val[m][steps].to_numpy(), se[m][steps].fillna(0).to_numpy()
+        td = None if tasks is None else task_draws(tasks, m, list(val.index.get_level_values('run')), steps, n_draws, rng)
+        out[m] = np.concatenate([v[None], v + s * rng.standard_normal((n_draws, 1, v.shape[1])) if td is None else td])  # runs share the tasks
+    return np.asarray(steps, 'float64'), val.index.to_frame(index=False), out
+
+# %% ../nbs/10_stats.ipynb #96ebfddb
+def trend_effect(steps, x): "Per-seed Spearman of a measure with the step: `[draws, seeds]`."; return spearman_last(steps, x)
+def assoc_effect(a, b): "Per-seed Spearman of two measures across checkpoints: `[draws, seeds]`."; return spearman_last(a, b)
+def fluct_effect(a, b):
+    "Per-seed Spearman of two measures' deviations from their across-seed mean curves (the shared trend removed)."
+    return spearman_last(a - a.mean(-2, keepdims=True), b - b.mean(-2, keepdims=True))
+
+def fluct_design(k:int) -> tuple[float, int]:
+    "Variance factor and degrees of freedom for `fluct_effect`: deviations from a k-seed mean are correlated (-1/(k-1))."
+    if k < 3: return np.nan, 0
+    return k / ((1 - (k - 1) ** -2) * (k - 1)), k - 2
+
+def window_effect(x, y, start, min_n:int=MIN_WINDOW):
+    "Per-seed Spearman of x and y over the checkpoints from index `start[seed]` on (NaN when fewer than `min_n`)."
+    x, y = np.broadcast_arrays(x, y); out = np.full(x.shape[:-1], np.nan)
+    for s, i in enumerate(start):
+        if x.shape[-1] - i >= min_n: out[:, s] = spearman_last(x[:, s, i:], y[:, s, i:])
+    return out
+
+def change_effect(x, start):
+    "Per-seed change of x from the checkpoint at index `start[seed]` to the last checkpoint."
+    return np.stack([x[:, s, -1] - x[:, s, i] for s, i in enumerate(start)], 1)
+
+# %% ../nbs/10_stats.ipynb #9aecd89e
+def _effect_makers(X:dict, steps, start) -> dict:
+    "Lazily computed per-seed effects of every row the measures in `X` allow: `{row: (thunk, expected, variance factor, df)}`."
+    k, has, out = next(iter(X.values())).shape[1], set(X), {}
+    fd, G = fluct_design(k), GENERALIZATION
+    if 'top_eig' in has: out['1a'] = (lambda: trend_effect(steps, X['top_eig']), -1, 1.0, None)
+    if {'top_eig', 'support_loss'} <= has: out['1a/loss'] = (lambda: trend_effect(steps, X['top_eig'] / X['support_loss']), -1, 1.0, None)
+    if 'support_loss' in has: out['1b'] = (lambda: trend_effect(steps, X['support_loss']), -1, 1.0, None)
+    if 'distance' in has: out['1c'] = (lambda: trend_effect(steps, X['distance']), +1, 1.0, None)
+    if start is not None and {'top_eig', G} <= has:
+        out['2 premise'] = (lambda: change_effect(X[G], start), -1, 1.0, None)
+        out['2'] = (lambda: window_effect(steps, X['top_eig'], start), -1, 1.0, None)
+    for c, m in (('3', 'traj_coherence'), ('4', 'grad_coherence'), ('ref', 'top_eig')):
+        if not {m, G} <= has: continue
+        e = -1 if c == 'ref' else 1
+        out[c] = (lambda m=m: fluct_effect(X[G], X[m]), e, *fd)
+        out[f'{c} trend'] = (lambda m=m: assoc_effect(X[G], X[m]), e, 1.0, None)
+        if start is not None: out[f'{c} post-peak'] = (lambda m=m: window_effect(X[G], X[m], start), e, 1.0, None)
+    if {'top_eig', 'support_loss', G} <= has: out['ref/loss'] = (lambda: fluct_effect(X[G], X['top_eig'] / X['support_loss']), -1, *fd)
+    return out
+
+def claim_effects(X:dict, # {measure: [draws, seeds, steps]} (see `study_arrays`)
+                  steps:np.ndarray, start:Sequence[int]|None=None, # per seed: first checkpoint index at or after the validation peak
+                  rows:Sequence[str]|None=None, # only these rows (default: all the measures allow)
+                 ) -> dict:
+    "Per-seed effects of the checkpoint claims: `{row: (effects [draws, seeds], expected sign, variance factor, df)}`."
+    mk = _effect_makers(X, steps, start)
+    return {r: (f(), *rest) for r, (f, *rest) in mk.items() if rows is None or r in rows}
+
+# %% ../nbs/10_stats.ipynb #f7160ca9
+def _blank(row:str, why:str, effect:str|None=None) -> dict:
+    "A claims-table row without a measurement: `why` says what it needs."
+    c, eff, role = EFFECTS.get(row, (row.split()[0], effect, 'claim'))
+    return dict(claim=c, row=row, statement=CLAIMS[c], effect=eff, role=role, estimate=np.nan, ci_low=np.nan, ci_high=np.nan,
+                interval='', n_runs=0, seeds_agree='', sign_p=np.nan, p=np.nan, verdict='not measured', to_decide=why, note='')
+
+def _measured(row:str, inf:dict, expected:int, sd:float, effect:str|None=None, bounds=(-1, 1), note='') -> dict:
+    "A claims-table row from `seed_inference` (or an equivalent dict); `sd`: per-seed spread for the seeds-needed estimate."
+    r = _blank(row, '', effect)
+    lo, hi = (np.clip([inf['ci_low'], inf['ci_high']], *bounds) if bounds else (inf['ci_low'], inf['ci_high']))
+    per = ', '.join(f'{v:.3g}' for v in inf.get('per_seed', ()))
+    n, est = seeds_needed(inf['estimate'], sd), inf['estimate']
+    need = (f"{'at least' if inf['n_runs'] == 1 else 'about'} {n} seeds at this effect and spread" if n else 'no effect measured' if est == 0 else
+            f"no spread measured yet: more seeds (all agreeing in sign needs >= {_sign_seeds(ALPHA)})" if not sd > 0 else
+            'more than 200 seeds at this effect and spread')
+    return {**r, **{k: inf[k] for k in ('estimate', 'interval', 'n_runs', 'seeds_agree', 'sign_p', 'p')}, 'ci_low': float(lo), 'ci_high': float(hi),
+            'expected': '> 0' if expected > 0 else '< 0', 'effect': effect or r['effect'], 'verdict': 'cannot decide',
+            'to_decide': need,
+            'note': '; '.join(s for s in (note, f'per seed: {per}' if per else '') if s)}
+
+def _spread(inf:dict, design:float=1.0) -> float:
+    "Per-seed standard deviation behind an inference (one run: its task interval, a lower bound)."
+    if inf['n_runs'] > 1: return inf['se'] * np.sqrt(inf['n_runs'] / design)
+    return (inf['ci_high'] - inf['ci_low']) / (2 * stats.norm.ppf(0.975))
+
+# %% ../nbs/10_stats.ipynb #3e33e2e1
+def _sign_seeds(alpha:float) -> int:
+    "Fewest seeds for which all of them agreeing in sign is significant (exact two-sided sign test)."
+    return int(np.ceil(1 - np.log2(alpha)))
+
+def decide(table:pd.DataFrame, alpha:float=ALPHA) -> pd.DataFrame:
+    "Holm-adjust the claim rows' p-values and set each verdict (seeds, a non-degenerate interval and p_holm < alpha)."
+    t = table.copy(); fam = (t['role'] == 'claim') & t['p'].notna() & (t['n_runs'] >= MIN_SEEDS)  # rows that can be decided
+    t['p_holm'] = holm(t['p'].where(fam))
+    for i, r in t.iterrows():
+        if r['role'] != 'claim': t.at[i, 'verdict'] = 'context' if r['verdict'] != 'not measured' else r['verdict']; t.at[i, 'to_decide'] = ''; continue
+        if r['verdict'] == 'not measured': continue
+        if r['n_runs'] < MIN_SEEDS:
+            if not r['to_decide'].startswith('needs'): t.at[i, 'to_decide'] = f"needs >= {MIN_SEEDS} seeds (has {r['n_runs']}); " + r['to_decide']
+            continue
+        if not (np.isfinite(r['ci_low']) and r['ci_high'] > r['ci_low']):
+            t.at[i, 'to_decide'] = f"no interval ({r['interval'] or 'no spread'}): all seeds agreeing in sign needs >= {_sign_seeds(alpha)} seeds (exact sign test)"; continue
+        if r['p_holm'] < alpha:
+            sign = np.sign(r['estimate']) * (1 if r['expected'] == '> 0' else -1)
+            d = r.get('direction'); t.at[i, 'verdict'] = d if isinstance(d, str) else ('supports' if sign > 0 else 'contradicts'); t.at[i, 'to_decide'] = ''
+    return t
+
+# %% ../nbs/10_stats.ipynb #010af962
+def peak_start(val:pd.DataFrame, # validation curves: run, step, val_acc (`study_inputs`)
+               runs:pd.DataFrame, steps:np.ndarray) -> np.ndarray:
+    "Per run: index of the first checkpoint at or after the run's validation-accuracy peak (the peak is chosen on validation tasks only)."
+    out = []
+    for run in runs['run']:
+        v = val[(val['run'] == run) & (val['step'] <= steps[-1])].dropna(subset=['val_acc'])
+        if not len(v): raise ValueError(f"the validation curves have no val_acc of run {run!r} up to step {int(steps[-1])}: pass the runs' train_log.csv (stats.study_inputs)")
+        out.append(int(np.searchsorted(steps, v.loc[v['val_acc'].idxmax(), 'step'])))
+    return np.asarray(out)
+
+# %% ../nbs/10_stats.ipynb #3cdbe481
+_NEEDS = {'top_eig': ('1a', '1a/loss', '2', 'ref'), 'support_loss': ('1a/loss', '1b'), 'distance': ('1c',),
+          'traj_coherence': ('3',), 'grad_coherence': ('4',), GENERALIZATION: ('2', '3', '4', 'ref')}
+
+def checkpoint_rows(ckpt:pd.DataFrame, val:pd.DataFrame|None=None, conf:float=0.95, n_draws:int=200, seed:int=0,
+                    tasks:pd.DataFrame|None=None) -> list[dict]:
+    "Rows of claims 1-4 (and the flatness reference) from one variant's per-checkpoint table (and its validation curves)."
+    have = [m for m in _NEEDS if m in set(ckpt['measure'])]
+    steps, runs, X = study_arrays(ckpt, have, n_draws, seed, tasks)
+    start, no_val = None, "needs validation curves (val_acc in each run's train_log.csv: stats.study_inputs)"
+    if val is not None:
+        try: start = peak_start(val, runs, steps)
+        except ValueError as e: no_val = str(e)
+    eff, rows = claim_effects(X, steps, start), []
+    for row, (c, _, role) in EFFECTS.items():
+        if row not in eff:
+            miss = [m for m, rs in _NEEDS.items() if row.split()[0] in rs and m not in have]
+            why = f"needs {miss} in the per-checkpoint table" if miss else no_val
+            rows.append(_blank(row, why)); continue
+        E, e, des, df = eff[row]
+        if not np.isfinite(des):
+            rows.append({**_blank(row, f'needs >= {MIN_SEEDS} seeds: the shared trend is removed across seeds'), 'verdict': 'cannot decide', 'n_runs': len(runs)}); continue
+        inf = seed_inference(E, e, conf, des, df, seed=seed)
+        rows.append(_measured(row, inf, e, _spread(inf, des), bounds=None if row == '2 premise' else (-1, 1)))
+    return rows
+
+# %% ../nbs/10_stats.ipynb #d5e629c4
+def final_effect(ckpt:pd.DataFrame, measure:str, n_draws:int=200, seed:int=0) -> tuple[np.ndarray, pd.DataFrame]:
+    "Per-run value of `measure` at the last checkpoint all runs share: `([draws, runs], runs)` with task-noise draws."
+    steps, runs, X = study_arrays(ckpt, [measure], n_draws, seed)
+    return X[measure][:, :, -1], runs
+
+@_quiet
+def tost(inf:dict, margin:float) -> dict:
+    "Equivalence (|mean| < margin, TOST) versus non-equivalence (|mean| > margin): the smaller p, doubled, and its direction."
+    m, se, df = inf['estimate'], inf['se'], inf['n_runs'] - 1
+    if not (se > 0 and df >= 1): return {**inf, 'p': np.nan, 'direction': None}
+    p_eq = max(stats.t.sf((m + margin) / se, df), stats.t.cdf((m - margin) / se, df))
+    p_out = stats.t.sf((abs(m) - margin) / se, df)
+    return {**inf, 'p': min(1.0, 2 * min(p_eq, p_out)), 'direction': 'supports' if p_eq <= p_out else 'contradicts'}
+
+@_quiet
+def difference(a:dict, b:dict, conf:float=0.95) -> dict:
+    "Welch difference a - b of two across-seed inferences (multi-bootstrap standard errors, Satterthwaite df)."
+    ka, kb = a['n_runs'], b['n_runs']; m = a['estimate'] - b['estimate']; se = float(np.hypot(a['se'], b['se']))
+    df = se ** 4 / (a['se'] ** 4 / max(ka - 1, 1) + b['se'] ** 4 / max(kb - 1, 1)) if se > 0 else np.nan
+    h = stats.t.ppf(0.5 + conf / 2, df) * se
+    return dict(estimate=m, ci_low=m - h, ci_high=m + h, se=se, p=float(2 * stats.t.sf(abs(m) / se, df)), n_runs=min(ka, kb),
+                interval=f'{ka} + {kb} seeds + tasks (Welch)', seeds_agree='', sign_p=np.nan)
+
+# %% ../nbs/10_stats.ipynb #5a132977
+def claim5_rows(ckpt:pd.DataFrame, base:str|None, finetune:str, margin:float=FT_MARGIN, conf:float=0.95, seed:int=0) -> list[dict]:
+    "Claim 5: the finetuning baseline's final trajectory coherence is within +-margin of 0 (TOST), and below the base variant's."
+    m, proto = 'traj_coherence', (f"baseline protocol: '{finetune}' trains one classifier over all meta-training classes (regression: "
+                                  "joint training, no inner loop); at meta-test its head is replaced by a zero N-way head and every "
+                                  "parameter is adapted by MAML's inner loop; coherence is over all parameters: body and head "
+                                  "separately are not in the per-checkpoint table")
+    rows = {'5': f'final {m} of {finetune}: within +-{margin:g} of 0 (TOST equivalence)', '5 diff': f'final {m}: {finetune} - {base}'}
+    have = set(ckpt['variant']) if 'variant' in ckpt else set()
+    if finetune not in have or base is None or m not in set(ckpt['measure']):
+        why = f"needs '{finetune}' and '{base}' runs with {m} (variants here: {sorted(have)})"
+        return [_blank(r, why, e) for r, e in rows.items()]
+    inf = {}
+    for v in (finetune, base):
+        E, _ = final_effect(ckpt[ckpt['variant'] == v], m, seed=seed); inf[v] = seed_inference(E, -1, conf, seed=seed)
+    eq = tost(inf[finetune], margin)
+    r5 = _measured('5', eq, -1, _spread(eq), rows['5'], note=proto, bounds=None)
+    n = seeds_needed(margin - abs(eq['estimate']), _spread(eq))
+    r5.update(expected=f'|.| < {margin:g}', direction=eq['direction'], to_decide=f"{'at least' if eq['n_runs'] == 1 else 'about'} {n} seeds at this estimate and spread" if n else 'the estimate sits at the margin')
+    d = difference(inf[finetune], inf[base], conf)
+    return [r5, _measured('5 diff', d, -1, d['se'] * np.sqrt(max(d['n_runs'], 1)), rows['5 diff'], bounds=None)]
+
+# %% ../nbs/10_stats.ipynb #2b32a4c1
+FRESH_COLUMNS = ('variant', 'seed', 'task', 'acc')
+
+def paired_effect(fresh:pd.DataFrame, a:str, b:str, n_draws:int=200, seed:int=0) -> tuple[np.ndarray, int]:
+    "Per-seed mean of acc(a) - acc(b) over the tasks both saw, `[draws, seeds]` (draws resample tasks jointly), and the task count."
+    _check_frame(fresh, FRESH_COLUMNS, 'the fresh-task table')
+    w = fresh[fresh['variant'].isin([a, b])].pivot_table(index=['seed', 'task'], columns='variant', values='acc').dropna()
+    if a not in w or b not in w: raise ValueError(f"the fresh-task table needs variants {a!r} and {b!r} (has {sorted(set(fresh['variant']))})")
+    D = (w[a] - w[b]).unstack('seed').dropna()  # [tasks every seed shares, seeds]
+    idx = np.random.default_rng(seed).integers(len(D), size=(n_draws, len(D)))
+    V = D.to_numpy(); return np.concatenate([V.mean(0)[None], V[idx].mean(1)]), len(D)
+
+def claim6_rows(ckpt:pd.DataFrame, fresh:pd.DataFrame|None, pairs, conf:float=0.95, seed:int=0) -> list[dict]:
+    "Claim 6: each regularized variant minus its plain variant, paired by seed and task on fresh meta-test tasks."
+    rows = []
+    for r, p in pairs:
+        eff = f'final query_acc on fresh tasks: {r} - {p} (paired by seed and task)'
+        if fresh is None: rows.append(_blank('6', f"needs per-task final accuracies (variant, seed, task, acc) on >= {MIN_FRESH_TASKS} fresh meta-test tasks", eff)); continue
+        E, n = paired_effect(fresh, r, p, seed=seed)
+        if n < MIN_FRESH_TASKS: rows.append(_blank('6', f"needs >= {MIN_FRESH_TASKS} fresh tasks every seed shares (has {n})", eff)); continue
+        inf = seed_inference(E, 1, conf, seed=seed); rows.append(_measured('6', inf, 1, _spread(inf), eff, bounds=None))
+    if not any(r.endswith('+grad_norm') for r, _ in pairs):
+        rows.append(_blank('6', "needs a 'maml+grad_norm' variant (the control: a penalty that is not coherence)", 'final query_acc: maml+grad_norm - maml (control)'))
+    return rows
+
+# %% ../nbs/10_stats.ipynb #a0b748f1
 def _pick_base(ckpt:pd.DataFrame, base:str|None, finetune:str) -> str|None:
     "The variant claims 1-4 are computed on (None: all runs, when there are no variants)."
     if 'variant' not in ckpt: return None
@@ -370,89 +680,113 @@ def _pick_base(ckpt:pd.DataFrame, base:str|None, finetune:str) -> str|None:
     if len(plain) != 1: raise ValueError(f"cannot tell which variant is the base among {have}: pass base=...")
     return plain[0]
 
-# %% ../nbs/10_stats.ipynb #b84beddf
-def _corr_claim(claim, ckpt, x, y, expected, method, kw) -> dict:
-    "Claims 1, 3, 4: corr(x, y) across checkpoints per run, aggregated across seeds."
-    effect = f'{method}({x}, {y}) across checkpoints'
-    try:
-        tab = correlations(ckpt, target=x, measures=[y], methods=(method,), **kw)
-    except ValueError as e: return _row(claim, effect, expected, why=str(e))
-    return _row(claim, effect, expected, aggregate_seeds(tab, bounds=(-1, 1)).iloc[0])
-
-def _post_peak(w:pd.DataFrame, min_n:int) -> pd.DataFrame|None:
-    "The checkpoints of one run from its `query_acc` peak on (None when fewer than `min_n`)."
-    w = w.dropna(subset=[GENERALIZATION])
-    post = w[w.index >= w[GENERALIZATION].idxmax()]
-    return post if len(post) >= min_n else None
-
-# %% ../nbs/10_stats.ipynb #eb8e26ab
-def _claim2(ckpt, method, kw) -> dict:
-    "Claim 2: flatness trend after the accuracy peak, with the premise that accuracy degrades there."
-    effect, keys = f'{method}(step, top_eig) from the query_acc peak on', run_keys(ckpt)
-    have = set(ckpt['measure'])
-    if not {'top_eig', GENERALIZATION} <= have: return _row('2', effect, -1, why=f"needs 'top_eig' and 'query_acc' rows (has {sorted(have)})")
-    flat, acc, short = [], [], []
-    for k, w in checkpoint_wide(ckpt).groupby(level=keys):
-        post = _post_peak(w.droplevel(keys), kw['min_n'])
-        k = _key(keys, k)
-        if post is None: short.append(k['run']); continue
-        s = post.index.to_numpy('float64')
-        try: f, a = (correlation(s, post[m].to_numpy(), method, **kw, what=f" after the peak in run {k['run']!r}") for m in ('top_eig', GENERALIZATION))
-        except ValueError as e: return _row('2', effect, -1, why=str(e))
-        flat.append({**k, **f}); acc.append({**k, **a})
-    skipped = f"left out (fewer than {kw['min_n']} checkpoints from the peak on): {short}" if short else ''
-    if not flat: return _row('2', effect, -1, why=f"no run has {kw['min_n']} checkpoints from its accuracy peak on ({short}): accuracy must peak before the end")
-    fa, aa = (aggregate_seeds(pd.DataFrame(t), 'r', by=[], bounds=(-1, 1)).iloc[0] for t in (flat, acc))
-    premise = f"{method}(step, query_acc) after the peak = {aa['mean']:.3g} [{aa['ci_low']:.3g}, {aa['ci_high']:.3g}]"
-    row = _row('2', effect, -1, fa, '; '.join(s for s in (premise, skipped) if s))
-    if not aa['ci_high'] < 0: row.update(verdict='cannot decide', note=row['note'] + '; accuracy does not clearly degrade after its peak, so claim 2 cannot be tested')
-    return row
-
-# %% ../nbs/10_stats.ipynb #0b195fd1
-def _diff_claim(claim, ckpt, measure, a, b, expected, conf, extra='') -> dict:
-    "Claims 5, 6: difference of final `measure` between variants a and b."
-    effect = f'final {measure}: {a} - {b}'
-    if 'variant' not in ckpt: return _row(claim, effect, expected, why="no 'variant' column: label runs (e.g. 'maml', 'finetune', 'maml+coh-step') to compare them")
-    try: d = variant_difference(ckpt, measure, a, b, conf)
-    except ValueError as e: return _row(claim, effect, expected, why=str(e))
-    agg = dict(mean=d['estimate'], ci_low=d['ci_low'], ci_high=d['ci_high'], n_seeds=d['n_a'] + d['n_b'])
-    return _row(claim, effect, expected, agg, f"{d['method']} interval, {d['n_a']} vs {d['n_b']} runs" + extra)
-
+# %% ../nbs/10_stats.ipynb #3158f083
 def _regularized(ckpt:pd.DataFrame, regularized) -> list[tuple[str, str]]:
     "Pairs (regularized variant, its plain variant): 'X+reg' is compared with 'X'."
     have = sorted(set(ckpt['variant'])) if 'variant' in ckpt else []
     regs = [v for v in have if '+' in v] if regularized is None else ([regularized] if isinstance(regularized, str) else list(regularized))
     return [(v, v.split('+')[0]) for v in regs]
 
-# %% ../nbs/10_stats.ipynb #a040b428
-def _claim5(ckpt, base, finetune, conf) -> dict:
-    "Claim 5: final trajectory coherence of the finetuning baseline minus the base variant's."
-    if base is None or 'variant' not in ckpt: return _diff_claim('5', ckpt, 'traj_coherence', finetune, str(base), -1, conf)
-    extra = ''
-    try:
-        s = variant_summary(ckpt[ckpt['variant'] == finetune], 'traj_coherence', conf).iloc[0]
-        extra = f"; {finetune} traj_coherence = {s['mean']:.3g} [{s['ci_low']:.3g}, {s['ci_high']:.3g}]"
-    except (ValueError, IndexError): pass
-    return _diff_claim('5', ckpt, 'traj_coherence', finetune, base, -1, conf, extra)
+# %% ../nbs/10_stats.ipynb #ba88a14d
+COLUMNS = ('claim', 'row', 'statement', 'effect', 'role', 'expected', 'estimate', 'ci_low', 'ci_high', 'interval', 'n_runs',
+           'seeds_agree', 'sign_p', 'p', 'p_holm', 'verdict', 'to_decide', 'note')
 
-# %% ../nbs/10_stats.ipynb #09aa1f3a
 def claims_table(ckpt:pd.DataFrame|Sequence[pd.DataFrame], # per-checkpoint table(s) of one or several runs
                  base:str|None=None, # variant for claims 1-5 (default 'maml'); ignored without a variant column
                  finetune:str='finetune', # the finetuning baseline's variant (claim 5)
                  regularized:str|Sequence[str]|None=None, # claim 6 variants 'X+reg' (default: all with '+')
-                 method:str='spearman', conf:float=0.95, n_resamples:int=2000, seed:int=0,
-                 min_n:int=MIN_CHECKPOINTS) -> pd.DataFrame:
-    "One row per claim of the paper: the measured effect, its CI and the verdict."
+                 val:pd.DataFrame|None=None, # validation curves (run, step, val_acc): claim 2 and the post-peak rows
+                 fresh:pd.DataFrame|None=None, # final accuracies on fresh meta-test tasks (variant, seed, task, acc): claim 6
+                 tasks:pd.DataFrame|None=None, # per-task table: task noise by resampling the meta-test tasks (else from the CIs)
+                 conf:float=0.95, alpha:float=ALPHA, margin:float=FT_MARGIN, seed:int=0, **kw) -> pd.DataFrame:
+    "One row per claim (and context rows): across-seed effect, multi-bootstrap CI, raw and Holm p, verdict and what a decision needs."
     ckpt = validate_checkpoints(ckpt if isinstance(ckpt, pd.DataFrame) else pd.concat(list(ckpt), ignore_index=True))
     b = _pick_base(ckpt, base, finetune)
-    bk = ckpt if b is None else ckpt[ckpt['variant'] == b]
-    kw = dict(conf=conf, n_resamples=n_resamples, seed=seed, min_n=min_n)
-    rows = [_corr_claim('1a', bk, 'step', 'top_eig', -1, method, kw), _corr_claim('1b', bk, 'step', 'support_loss', -1, method, kw),
-            _corr_claim('1c', bk, 'step', 'distance', +1, method, kw), _claim2(bk, method, kw),
-            _corr_claim('3', bk, GENERALIZATION, 'traj_coherence', +1, method, kw),
-            _corr_claim('4', bk, GENERALIZATION, 'grad_coherence', +1, method, kw)]
-    rows.append(_claim5(ckpt, b, finetune, conf))
+    rows = checkpoint_rows(ckpt if b is None else ckpt[ckpt['variant'] == b], val, conf, seed=seed, tasks=tasks)
+    rows += claim5_rows(ckpt, b, finetune, margin, conf, seed)
     pairs = _regularized(ckpt, regularized)
-    rows += [_diff_claim('6', ckpt, GENERALIZATION, r, p, +1, conf) for r, p in pairs] or [
-        _row('6', f'final {GENERALIZATION}: regularized - plain', +1, why="no regularized variant (a 'variant' label 'X+reg' next to a plain 'X')")]
-    return pd.DataFrame(rows)
+    rows += claim6_rows(ckpt, fresh, pairs, conf, seed) if pairs else [_blank('6', "needs a regularized variant ('X+reg' next to a plain 'X')", 'final query_acc: regularized - plain')]
+    t = decide(pd.DataFrame(rows), alpha)
+    pre = t['row'] == '2 premise'
+    if pre.any() and t.loc[pre, 'verdict'].iloc[0] != 'not measured' and not (t.loc[pre, 'estimate'].iloc[0] < 0 and t.loc[pre, 'p'].iloc[0] < alpha):
+        i = t.index[t['row'] == '2']; t.loc[i, 'verdict'] = 'cannot decide'
+        t.loc[i, 'to_decide'] = 'accuracy does not degrade significantly after its validation peak (the premise row): claim 2 has nothing to test'
+    return t[[c for c in COLUMNS if c in t]].reset_index(drop=True)
+
+# %% ../nbs/10_stats.ipynb #47e403d1
+def ci_text(lo:float, hi:float, interval:str='') -> str:
+    "An interval for a table: '[lo, hi]' with its kind, or why there is none (never a zero-width interval)."
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo): return f"none ({interval or 'no spread'})"
+    return f"[{lo:.3g}, {hi:.3g}]" + (f" ({interval})" if interval else '')
+
+def study_inputs(run_dirs:Sequence) -> dict:
+    "Optional inputs of `claims_table` from run directories: `val` (train_log.csv), `tasks` (analysis/tasks.csv) and `fresh` (analysis/fresh_tasks.csv), each when every run has it."
+    from pathlib import Path
+    import json
+    val, fresh, tasks = [], [], []
+    for d in map(Path, run_dirs):
+        cfg = json.loads((d/'config.json').read_text()) if (d/'config.json').is_file() else {}
+        if (d/'train_log.csv').is_file():
+            log = pd.read_csv(d/'train_log.csv')
+            if 'val_acc' in log and log['val_acc'].notna().any(): val.append(log[['step', 'val_acc']].dropna().assign(run=d.resolve().name, seed=int(cfg.get('seed', 0))))
+        if (d/'analysis'/'fresh_tasks.csv').is_file(): fresh.append(pd.read_csv(d/'analysis'/'fresh_tasks.csv'))
+        if (d/'analysis'/'tasks.csv').is_file(): tasks.append(pd.read_csv(d/'analysis'/'tasks.csv'))
+    every = lambda t: pd.concat(t, ignore_index=True) if t and len(t) == len(run_dirs) else None
+    return dict(val=pd.concat(val, ignore_index=True) if val else None, tasks=every(tasks), fresh=every(fresh))
+
+# %% ../nbs/10_stats.ipynb #de6bcae9
+def synthetic_arrays(k:int, scenario:str, rng, T:int=12, n_tasks:int=20, peak:float=0.6, fluct:float=0.02) -> tuple[dict, dict, np.ndarray]:
+    "Simulated per-checkpoint values and task SEs `{measure: [k, T]}` and validation accuracy `[k, T]` (runs share the meta-test tasks)."
+    t = np.linspace(0, 1, T)[None]; pk = 2.0 if scenario == 'plateau' else peak
+    acc = 0.2 + 0.6 * (1 - np.exp(-t / 0.2)) - 0.3 * np.clip(t - pk, 0, None) + rng.normal(0, 0.01, (k, 1)) + rng.normal(0, fluct, (k, T))
+    coh = (0.05 + 0.6 * (acc - 0.2) + rng.normal(0, 0.005, (k, T)) if scenario == 'tracks'
+           else 0.05 + 0.3 * (1 - np.exp(-t / 0.3)) + rng.normal(0, 0.01, (k, T)))
+    eig = (20 if scenario in ('noflat', 'postflat') else 5 + 60 * np.exp(-2.5 * t)) * (1 + rng.normal(0, 0.05, (k, T)))
+    if scenario == 'postflat': eig = eig * np.where(t < pk, 1 + 2 * (pk - t), 1)  # flattens before the peak, not after
+    sl = (1.6 * np.exp(-3 * t) + 0.02) * (1 + rng.normal(0, 0.05, (k, T)))
+    true = dict(query_acc=acc, traj_coherence=coh, top_eig=eig, support_loss=sl)
+    se = dict(query_acc=0.1 / np.sqrt(n_tasks), traj_coherence=0.01, top_eig=0.1 * eig / np.sqrt(n_tasks), support_loss=0.1 * sl / np.sqrt(n_tasks))
+    obs = {m: v + se[m] * rng.standard_normal((1, T)) for m, v in true.items()}
+    return obs, {m: np.broadcast_to(s, (k, T)) for m, s in se.items()}, acc + rng.normal(0, 0.01, acc.shape)
+
+CALIBRATION = {  # name: (row decided, scenario, is the claim true?)
+    'unrelated trends (3)': ('3', 'trend', False), 'coherence tracks accuracy (3)': ('3', 'tracks', True),
+    'no flatness trend (1a)': ('1a', 'noflat', False), 'flatter with training (1a)': ('1a', 'trend', True),
+    'accuracy plateaus (2)': ('2', 'plateau', False), 'no flattening after the peak (2)': ('2', 'postflat', False),
+    'degrades and keeps flattening (2)': ('2', 'trend', True),
+    'finetune coherence at the margin (5)': ('5', FT_MARGIN, False), 'finetune coherence zero (5)': ('5', 0.0, True),
+    'variants from one distribution (6)': ('6', 0.0, False), 'regularizer gains +0.03 (6)': ('6', 0.03, True)}
+
+# %% ../nbs/10_stats.ipynb #edb693ab
+def _simulate(row:str, scenario, k:int, rng, alpha:float, n_draws:int, n_tasks:int=MIN_FRESH_TASKS) -> str:
+    "The verdict of one simulated study for `row` (statistics only; no Holm: each claim at level `alpha`)."
+    if row == '6':  # paired per-task final accuracies: task difficulty shared, seeds and the variants' noise independent
+        D = scenario + rng.normal(0, 0.01, (1, k)) + rng.normal(0, 0.03, (n_tasks, 1)) + rng.normal(0, 0.15, (n_tasks, k))
+        E, e, des, df = np.concatenate([D.mean(0)[None], D[rng.integers(n_tasks, size=(n_draws, n_tasks))].mean(1)]), 1, 1.0, None
+    elif row == '5':  # final coherence of k finetuning runs, analysed on shared tasks
+        v = scenario + rng.normal(0, 0.02, k) + 0.01 * rng.standard_normal()
+        r = tost(seed_inference(np.concatenate([v[None], v + 0.01 * rng.standard_normal((n_draws, 1))]), -1, n_boot=500, seed=0), FT_MARGIN)
+        return r['direction'] if k >= MIN_SEEDS and r['p'] < alpha else 'cannot decide'
+    else:
+        obs, se, val = synthetic_arrays(k, scenario, rng)
+        X = {m: np.concatenate([v[None], v + se[m] * rng.standard_normal((n_draws, 1, v.shape[1]))]) for m, v in obs.items()}
+        start = val.argmax(1); eff = claim_effects(X, np.arange(val.shape[1], dtype='float64'), start, rows=(row, '2 premise'))
+        E, e, des, df = eff[row]
+        if row == '2':
+            pre = seed_inference(eff['2 premise'][0], -1, design=1.0, n_boot=500, seed=0)
+            if not (pre['estimate'] < 0 and pre['p'] < alpha): return 'cannot decide'
+    r = seed_inference(E, e, design=des, df=df, n_boot=500, seed=int(rng.integers(1 << 30)))
+    if k < MIN_SEEDS or not (r['p'] < alpha and r['ci_high'] > r['ci_low']): return 'cannot decide'
+    return 'supports' if np.sign(r['estimate']) == e else 'contradicts'
+
+def calibration(n_studies:int=200, seeds:Sequence[int]=(1, 3, 5), alpha:float=ALPHA, n_draws:int=100, seed:int=0) -> pd.DataFrame:
+    "Rates of 'supports'/'contradicts' over simulated studies where each claim is false (the error rate) or planted (the power)."
+    rng, rows = np.random.default_rng(seed), []
+    for name, (row, sc, true) in CALIBRATION.items():
+        for k in seeds:
+            v = pd.Series([_simulate(row, sc, k, rng, alpha, n_draws) for _ in range(n_studies)])
+            rows.append(dict(study=name, claim=row, claim_true=true, n_seeds=k, supports=(v == 'supports').mean(),
+                             contradicts=(v == 'contradicts').mean(), studies=n_studies))
+    t = pd.DataFrame(rows)
+    return t.assign(false_decision=np.where(t['claim_true'], t['contradicts'], t['supports'] + t['contradicts']),
+                    power=np.where(t['claim_true'], t['supports'], np.nan))

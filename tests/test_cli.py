@@ -95,8 +95,11 @@ def test_study_end_to_end(tmp_path):
         assert (study/v/'analysis'/'summary.csv').is_file() and (study/v/'checkpoints'/'step_000040.pt').is_file()
     md = (study/'report.md').read_text()
     assert '## Claims of the paper' in md and '![measures_vs_step](figures/measures_vs_step.png)' in md
-    claims = (study/'claims.csv').read_text().splitlines()
-    assert len(claims) == 1 + 8  # header + claims 1a, 1b, 1c, 2, 3, 4, 5, 6
+    import pandas as pd
+    claims = pd.read_csv(study/'claims.csv')
+    assert set(claims['claim']) == {'1a', '1b', '1c', '2', '3', '4', '5', '6', 'ref'}
+    assert not claims['verdict'].isin(['supports', 'contradicts']).any()  # one seed decides nothing
+    assert claims.query("role == 'claim'")['to_decide'].notna().all()  # and says what would
     # a second study finds everything done: training resumes at the end, every checkpoint is cached
     r2 = metanb('study', '--preset', 'tiny', '--out', tmp_path/'runs', '--quiet', tmp_path=tmp_path)
     assert r2.returncode == 0 and 'analysed in' not in r2.stdout and r2.stdout.count(': cached') == 18, r2.stdout[-2000:]

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/01d_data.registry.ipynb #c42fa31a
 from __future__ import annotations
-import os, importlib
+import os, importlib, inspect
 from typing import Callable
 from ..tasks import ImageClasses
 
@@ -35,11 +35,14 @@ def _loader(name:str) -> Callable:
 # %% ../../nbs/01d_data.registry.ipynb #d92aa918
 def load_dataset(name:str, # 'glyphs', 'omniglot', 'miniimagenet' or a registered name
                  path=None, # glyphs: cache folder; real datasets: the local copy (default $METANB_<NAME>)
+                 progress:bool|None=None, # a progress bar while loading (rendering), for loaders that have one; None: the loader's default
                  **kw) -> ImageClasses:
     "Load the class -> images dataset `name` as `ImageClasses`; extra keywords go to its loader."
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}: use one of {sorted(DATASETS)} (or register_dataset)")
     if path is None: path = os.environ.get(f'METANB_{name.upper()}') or None
     if path is None and name in NEEDS_PATH:
         raise ValueError(f"dataset {name!r} is loaded from a local copy (nothing is downloaded): pass path=... "
-                         f"or set the environment variable METANB_{name.upper()}")
-    return _loader(name)(path, **kw)
+                         f"or set the environment variable METANB_{name.upper()} (its layouts: the docs page metanb.data.{name})")
+    f = _loader(name)
+    if progress is not None and 'progress' in inspect.signature(f).parameters: kw['progress'] = progress
+    return f(path, **kw)
