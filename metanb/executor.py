@@ -103,8 +103,8 @@ def _one_line(e:BaseException) -> str:
     msg = str(e).strip()
     lines = [l.strip() for l in msg.splitlines() if l.strip()]
     errs = [l for l in lines if l.split(':', 1)[0].endswith(('Error', 'Exception', 'Interrupt'))]
+    if 'has not produced any output (state: ' in msg: return 'did not finish (state: ' + msg.split('state: ', 1)[1].split(')')[0].strip() + ')'
     if errs: return errs[-1]
-    if 'state: ' in msg: return 'did not finish (state: ' + msg.split('state: ', 1)[1].split(')')[0].strip() + ')'
     return f"{type(e).__name__}: {' '.join(msg.split())[:300]}"
 
 def _locked(line:str) -> bool: return 'lock' in line.lower()
