@@ -25,7 +25,7 @@ def skip_or_fail(msg: str):
     if os.environ.get('METANB_CI', '') == '1': pytest.fail(f'{msg} (METANB_CI=1: the SLURM tests must run in CI)', pytrace=False)
     pytest.skip(msg)
 
-def _conf(tmp: Path, host: str, cpus: int, mem: int) -> str:
+def _conf(tmp: Path, host: str, cpus: int, mem: int, port: int) -> str:
     return f"""ClusterName=metanbtest
 SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
@@ -45,8 +45,8 @@ SchedulerParameters=batch_sched_delay=0
 EnforcePartLimits=ALL
 MinJobAge=3600
 ReturnToService=2
-SlurmctldPort=16817
-SlurmdPort=16818
+SlurmctldPort={port}
+SlurmdPort={port + 1}
 StateSaveLocation={tmp}/state
 SlurmdSpoolDir={tmp}/spool
 SlurmctldPidFile={tmp}/run/slurmctld.pid
@@ -78,7 +78,9 @@ def slurm_cluster():
     for d in ('state', 'spool', 'run', 'log', 'munge', 'bin'): (tmp/d).mkdir()
     host = socket.gethostname().split('.')[0]
     mem = int(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**20 * 0.8)
-    (tmp/'slurm.conf').write_text(_conf(tmp, host, os.cpu_count() or 1, mem))
+    # one cluster per pytest-xdist worker (gw0, gw1, ...): its own ports, state and munge socket
+    port = 16817 + 10 * int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0')[2:] or 0)
+    (tmp/'slurm.conf').write_text(_conf(tmp, host, os.cpu_count() or 1, mem, port))
     (tmp/'bin'/'sacct').write_text(SACCT); (tmp/'bin'/'sacct').chmod(0o755)
     old = {k: os.environ.get(k) for k in ('SLURM_CONF', 'PATH')}
     os.environ['SLURM_CONF'] = str(tmp/'slurm.conf'); os.environ['PATH'] = f"{tmp/'bin'}:{os.environ['PATH']}"
