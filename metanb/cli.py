@@ -16,8 +16,8 @@ GENERALIZATION = 'query_acc'  # = metanb.stats.GENERALIZATION (pandas, the stats
 __all__ = ['GENERALIZATION', 'PRESETS', 'ALGORITHMS', 'DATA_HELP', 'SUMMARY_MEASURES', 'COMMANDS', 'ISSUES', 'OptionError',
            'check_number', 'parse_seeds', 'parse_variant', 'check_device', 'check_out', 'check_data',
            'resolve_settings', 'md_table', 'summary_table', 'check_analysis', 'write_report', 'train_config',
-           'analysis_config', 'check_name', 'study', 'train_run', 'analyze', 'report', 'expected_error',
-           'error_message', 'run_command', 'main']
+           'analysis_config', 'check_name', 'StudyIncomplete', 'study', 'train_run', 'analyze', 'report',
+           'expected_error', 'error_message', 'run_command', 'main']
 
 # %% ../nbs/13_cli.ipynb #1b6853c1
 PRESETS = {
@@ -354,6 +354,47 @@ def _fresh(dirs:list[Path], option:str='--no_resume'):
     taken = [d for d in dirs if d.exists() and any(d.iterdir())]
     _need(not taken, option, f"{taken[0]} already exists: remove it, or choose another --out (nothing is deleted)")
 
+# %% ../nbs/13_cli.ipynb #4bae0c75
+def _check_executor(executor:str, parallel:int|None=None, partition:str|None=None, time_min:int=60, cpus:int|None=None, gpus:int=0,
+                    mem_gb:float|None=None, max_parallel:int|None=None, sbatch:str|None=None):
+    "The executor's name and its `SlurmOptions`, every option checked (`OptionError`); under torchrun, inline (every rank runs each job)."
+    from metanb.executor import EXECUTORS, SlurmOptions
+    ex = str(executor).strip().lower()
+    _need(ex in EXECUTORS, '--executor', f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    check_number(parallel, '--parallel', 1, integer=True); check_number(time_min, '--time_min', 3, integer=True)
+    check_number(cpus, '--cpus', 1, integer=True); check_number(gpus, '--gpus', 0, integer=True)
+    check_number(mem_gb, '--mem_gb', 0, open_lo=True); check_number(max_parallel, '--max_parallel', 1, integer=True)
+    if ex == 'slurm':
+        import shutil
+        try: import submitit  # noqa: F401
+        except ImportError: raise OptionError('--executor', "slurm needs submitit: pip install submitit") from None
+        _need(shutil.which('sbatch') is not None, '--executor', "slurm: no sbatch on PATH (run on a SLURM login node, or use --executor local)")
+    if _ranks() > 1: ex = 'inline'
+    return ex, SlurmOptions(partition, time_min, cpus, gpus, mem_gb, max_parallel, sbatch)
+
+class StudyIncomplete(RuntimeError):
+    "Some runs of a study did not finish (the report covers the others)."
+
+def _run_study_jobs(jobs:list, ex:str, parallel:int|None, sl, quiet:bool) -> tuple[list[Path], list[str]]:
+    "Run the jobs (a single local job runs in this process); the run directories that finished, and the names of those that did not."
+    from metanb.executor import run_jobs
+    if ex == 'local' and sum(not j.done() for j in jobs) <= 1: ex = 'inline'  # a pool of one is this process
+    res = run_jobs(jobs, ex, workers=parallel, slurm=sl, progress=not quiet, say=_say)
+    ok = [Path(d) for d, r in res.items() if r in ('ok', 'done')]
+    missing = [Path(d).name for d, r in res.items() if r not in ('ok', 'done')]
+    if not ok: _incomplete(missing, len(jobs))
+    return ok, missing
+
+def _incomplete(missing:list[str], n:int):
+    raise StudyIncomplete(f"{len(missing)} of {n} runs did not finish ({', '.join(missing)}; each failure is above with its log): "
+                          "run the same command again to finish them (finished runs are kept)")
+
+def _mark_missing(rep:Path, missing:list[str]):
+    "Add the runs that did not finish to the report."
+    write_text(rep, rep.read_text() + '\n## Missing runs\n\nThese runs did not finish and are not in the tables: ' +
+               ', '.join(f'`{m}`' for m in missing) + '. Run the same `metanb study` again to finish them.\n')
+
+
 # %% ../nbs/13_cli.ipynb #390bdc96
 def study(preset:str='quick', # quick (default), omniglot-5w1s, omniglot-20w1s, miniimagenet-5w1s (need --data), tiny (tests)
           data:str=None, # the dataset folder (omniglot, miniimagenet); for glyphs an optional cache folder
@@ -374,6 +415,15 @@ def study(preset:str='quick', # quick (default), omniglot-5w1s, omniglot-20w1s, 
           workers:int=None, # task threads in meta-training on a CPU, one torch thread each (default 1; pays off with several inner steps)
           no_resume:store_true=False, # refuse to continue existing runs (default: resume them; finished work is never redone)
           quiet:store_true=False, # no progress bars
+          executor:str='local', # local (worker processes, one run each), slurm (a submitit job array) or inline (this process, one run after another)
+          parallel:int=None, # local: runs at once (default: the cores over the threads per run)
+          partition:str=None, # slurm: the partition (default: the cluster's)
+          time_min:int=60, # slurm: time limit per run, minutes (>= 3)
+          cpus:int=None, # slurm: CPUs per run (default: the threads per run)
+          gpus:int=0, # slurm: GPUs per run
+          mem_gb:float=None, # slurm: memory per run, GB
+          max_parallel:int=None, # slurm: at most this many runs at once
+          sbatch:str=None, # slurm: extra sbatch flags, e.g. '--qos=high --account=lab'
          ):
     "Train every variant and seed, analyse every checkpoint, and write the report: the one-command study."
     s = resolve_settings(preset, data, iters=iters, meta_batch=meta_batch, ways=ways, shots=shots, queries=queries, tasks=tasks,
@@ -383,19 +433,22 @@ def study(preset:str='quick', # quick (default), omniglot-5w1s, omniglot-20w1s, 
     root = _study_dir(check_out(out), s)
     runs = [(v, seed, _run_dir(root, v, seed)) for v in vs for seed in sd]
     dirs = [d for *_, d in runs]
+    ex, sl = _check_executor(executor, parallel, partition, time_min, cpus, gpus, mem_gb, max_parallel, sbatch)
     if no_resume: _fresh(dirs)
-    analyse_run, t0 = _analyser(), time.perf_counter()
-    _say(f"metanb study: preset {preset}, variants {', '.join(vs)}, seeds {sd} -> {root}")
-    for v, seed, d in runs: _train_one(s, v, seed, dev, d, not quiet)
-    with torch_threads(s.get('threads')):
-        for d in dirs: analyse_run(d, analysis_config(s, dev), progress=not quiet, log=_say)
+    t0 = time.perf_counter()
+    _say(f"metanb study: preset {preset}, variants {', '.join(vs)}, seeds {sd} -> {root} ({ex} executor)")
+    from metanb.executor import Job
+    jobs = [Job(str(d), analysis_config(s, dev), s, v, seed, dev, s.get('threads')) for v, seed, d in runs]
+    dirs, missing = _run_study_jobs(jobs, ex, parallel, sl, quiet)
     if not _main_rank(): return None
     rep = write_report(dirs, root, title=f'metanb study: {preset}')
+    if missing: _mark_missing(rep, missing)
     import pandas as pd
     _say('\n' + summary_table(pd.concat([_read_summary(d) for d in dirs])).to_string(index=False, float_format=lambda x: f'{x:.3g}'))
     c = pd.read_csv(root/'claims.csv').query("role == 'claim'")[['row', 'estimate', 'ci_low', 'ci_high', 'p_holm', 'verdict', 'to_decide']]
     _say('\n' + c.to_string(index=False, float_format=lambda x: f'{x:.3g}'))
     _say(f"\nclaims: {root/'claims.csv'}\nreport: {rep}\n(done in {time.perf_counter() - t0:.0f}s)")
+    if missing: _incomplete(missing, len(jobs))
     return rep
 
 # %% ../nbs/13_cli.ipynb #2ed78676
@@ -464,19 +517,30 @@ def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
             threads:int=None, # torch threads (default: torch's)
             force:store_true=False, # recompute cached checkpoints
             quiet:store_true=False, # no progress bar
+            executor:str='local', # local (worker processes, one run each), slurm (a submitit job array) or inline (this process, one run after another)
+            parallel:int=None, # local: runs at once (default: the cores over the threads per run)
+            partition:str=None, # slurm: the partition (default: the cluster's)
+            time_min:int=60, # slurm: time limit per run, minutes (>= 3)
+            cpus:int=None, # slurm: CPUs per run (default: the threads per run)
+            gpus:int=0, # slurm: GPUs per run
+            mem_gb:float=None, # slurm: memory per run, GB
+            max_parallel:int=None, # slurm: at most this many runs at once
+            sbatch:str=None, # slurm: extra sbatch flags, e.g. '--qos=high --account=lab'
            ):
     "Analyse every checkpoint of each run (cached: a re-run computes only what changed)."
     from metanb.analysis import AnalysisConfig
-    analyse_run, dirs = _analyser(), _check_runs(runs or [], 'config.json')
+    dirs = _check_runs(runs or [], 'config.json')
     _need(bool(dirs), 'RUN', 'give at least one run directory')
     check_number(tasks, '--tasks', 2, integer=True); check_number(seed, '--seed', 0, integer=True); check_number(steps, '--steps', 1, integer=True)
     check_number(tol, '--tol', 0, 1, open_lo=True); check_number(threads, '--threads', 1, integer=True)
     _need(bn_mode in ('batch', 'running'), '--bn_mode', f"must be 'batch' or 'running', got {bn_mode!r}")
     cfg = AnalysisConfig(n_tasks=tasks, seed=seed, steps=steps, tol=tol, hessian=not no_hessian, trace=trace, bn_mode=bn_mode, device=check_device(device))
-    with torch_threads(threads):
-        for d in dirs:
-            analyse_run(d, cfg, force=force, progress=not quiet, log=_say)
-            _say(f"analysis: {d/'analysis'/'summary.csv'}")
+    ex, sl = _check_executor(executor, parallel, partition, time_min, cpus, gpus, mem_gb, max_parallel, sbatch)
+    from metanb.executor import Job
+    jobs = [Job(str(d), cfg, threads=threads, force=force) for d in dirs]
+    ok, missing = _run_study_jobs(jobs, ex, parallel, sl, quiet)
+    for d in ok: _say(f"analysis: {d/'analysis'/'summary.csv'}")
+    if missing: _incomplete(missing, len(jobs))
 
 def report(runs:Param('run directories (analysed)', str, nargs='+', opt=False)=None,
            out:str=None, # where report.md and figures/ go (default: the run, or the runs' common parent)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_maml.ipynb #5205a499
 from __future__ import annotations
-import contextlib, copy, math, threading
+import contextlib, copy, functools, math, numbers, threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -27,12 +27,19 @@ def task_loss(out:Tensor, # model output: logits `[n, C]` or predictions
     if y.is_floating_point():
         if out.shape != y.shape: raise ValueError(f"regression output shape {tuple(out.shape)} differs from the target shape {tuple(y.shape)}: reshape the targets (e.g. y[:, None])")
         return F.mse_loss(out, y)
+    if not _active_transforms(): _check_labels(y, out.shape[-1])
     return F.cross_entropy(out, y)
 
+def _check_labels(y:Tensor, n_out:int, what:str='labels'):
+    "Raise (naming the head size) if integer labels do not fit a head of `n_out` classes."
+    if y.numel() and not y.is_floating_point() and int(y.max()) >= n_out:
+        raise ValueError(f"{what} go up to {int(y.max())} but the model's head has {n_out} outputs: build the model with n_way >= {int(y.max()) + 1} (or sample {n_out}-way tasks)")
+
 def accuracy(out:Tensor, y:Tensor) -> Tensor:
-    "Fraction of rows of logits `out` whose argmax equals the integer label `y`."
+    "Fraction of rows of logits `out` whose argmax equals the integer label `y` (NaN if any logit is not finite)."
     if y.is_floating_point(): raise ValueError("accuracy needs integer class labels; these targets are floats (a regression task)")
-    return (out.argmax(-1) == y).to(out.dtype).mean()
+    acc = (out.argmax(-1) == y).to(out.dtype).mean()
+    return torch.where(torch.isfinite(out).all(), acc, torch.full_like(acc, math.nan))
 
 # %% ../nbs/03_maml.ipynb #e8b15fed
 def forward(model:nn.Module, params:Params, x:Tensor, buffers:dict|None=None) -> Tensor:
@@ -77,8 +84,16 @@ def adapt(model:nn.Module, # the network (its own parameters are not used)
           loss:Callable|None=None, # loss(out, y) -> scalar; default `task_loss`
          ) -> Params:
     "Adapt `params` to one task by `steps` SGD steps on its support set (vmap it over tasks)."
-    if steps < 0: raise ValueError(f"steps must be >= 0, got {steps}")
+    _check_inner(steps, lr)
     return _adapt(model, params, xs, ys, steps, lr, first_order, loss or task_loss, dict(model.named_buffers()))[0]
+
+def _check_inner(steps, lr):
+    "Raise if `steps` is not an int >= 0 or `lr` is not a finite number >= 0."
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral): raise TypeError(f"steps must be an int (inner SGD steps), got {steps!r}")
+    if steps < 0: raise ValueError(f"steps must be >= 0, got {steps}")
+    if isinstance(lr, Tensor) and (lr.numel() != 1 or _active_transforms()): return   # a learned or batched rate: not checked
+    if isinstance(lr, bool) or not isinstance(lr, (numbers.Real, Tensor)): raise TypeError(f"lr must be a number (the inner learning rate), got {lr!r}")
+    if not (math.isfinite(float(lr)) and float(lr) >= 0): raise ValueError(f"lr must be a finite number >= 0 (the inner learning rate), got {float(lr)}")
 
 # %% ../nbs/03_maml.ipynb #e5917527
 @dataclass
@@ -152,11 +167,20 @@ def _groups(tasks, group_size, mode, regularizer, per_task_default):
     if group_size < 1: raise ValueError(f"group_size must be >= 1 (or None), got {group_size}")
     return [tasks[i:i + group_size] for i in range(0, n, group_size)]
 
-def _setup(model, params, tasks, steps, batching, loss, second_order=True):
+def _setup(model, params, tasks, steps, lr, batching, loss, second_order=True):
     check_params(model, params)
-    if steps < 0: raise ValueError(f"steps must be >= 0, got {steps}")
+    _check_inner(steps, lr)
     if not isinstance(tasks, TaskBatch): raise TypeError(f"tasks must be a metanb.tasks.TaskBatch, got {type(tasks).__name__}")
-    return resolve_batching(batching, next(iter(params.values())).device, model, second_order), loss or task_loss
+    mode = resolve_batching(batching, next(iter(params.values())).device, model, second_order)
+    if loss is None and not tasks.yq.is_floating_point() and tasks.ys.numel() and tasks.yq.numel():   # labels checked against the head once (no sync per call, works under vmap)
+        top = int(torch.stack([tasks.ys.max(), tasks.yq.max()]).max())
+        loss = functools.partial(_head_checked, top=top)
+    return mode, loss or task_loss
+
+def _head_checked(out, y, top):
+    "`task_loss` for labels known to go up to `top`: the head-size check is on the shape only."
+    if out.shape[-1] <= top: raise ValueError(f"labels go up to {top} but the model's head has {out.shape[-1]} outputs: build the model with n_way >= {top + 1} (or sample {out.shape[-1]}-way tasks)")
+    return F.cross_entropy(out, y)
 
 def meta_loss(model:nn.Module, # the network (its own parameters are not used)
               params:Params, # meta-parameters theta
@@ -170,7 +194,7 @@ def meta_loss(model:nn.Module, # the network (its own parameters are not used)
               regularizer:Regularizer|None=None, # outer-loss hook (see above)
              ) -> Tensor:
     "Mean query loss after adaptation over the tasks (+ regularizer penalty): differentiate it for the meta-gradient."
-    mode, loss = _setup(model, params, tasks, steps, batching, loss, not first_order or regularizer is not None)
+    mode, loss = _setup(model, params, tasks, steps, lr, batching, loss, not first_order or regularizer is not None)
     total = 0.
     for g in _groups(tasks, group_size, mode, regularizer, False):
         losses, _, _, pen = _group(model, params, g, steps=steps, lr=lr, first_order=first_order, mode=mode, loss=loss, regularizer=regularizer)
@@ -233,7 +257,7 @@ def meta_grad(model:nn.Module, params:Params, tasks:TaskBatch,
               fused_bn:bool=True, # fused batchnorm kernel where exact (see above)
              ) -> tuple[Params, dict]:
     "Meta-gradient of `meta_loss` (same arguments), one backward per group of tasks; returns `(grads, metrics)`."
-    mode, loss = _setup(model, params, tasks, steps, batching, loss, not first_order or regularizer is not None)
+    mode, loss = _setup(model, params, tasks, steps, lr, batching, loss, not first_order or regularizer is not None)
     if workers > 1 and mode != 'loop': raise ValueError(f"workers={workers} needs batching='loop' (vmap batches the tasks of a group itself)")
     if concurrent_queries < 1: raise ValueError(f"concurrent_queries must be >= 1, got {concurrent_queries}")
     gate = threading.Semaphore(concurrent_queries) if workers > 1 else contextlib.nullcontext()
@@ -252,7 +276,7 @@ def meta_grad(model:nn.Module, params:Params, tasks:TaskBatch,
 def evaluate(model:nn.Module, params:Params, tasks:TaskBatch, *, steps:int, lr:float,
              batching:str='auto', group_size:int|None=None, loss:Callable|None=None, fused_bn:bool=True) -> dict[str, Tensor]:
     "Per-task query `loss`, `acc` (classification) and pre-adaptation `support_loss` after `steps` inner steps."
-    mode, loss = _setup(model, params, tasks, steps, batching, loss, False)
+    mode, loss = _setup(model, params, tasks, steps, lr, batching, loss, False)
     p, res = {k: v.detach() for k, v in params.items()}, []
     with torch.no_grad(), fused_batchnorm(fused_bn):
         for g in _groups(tasks, group_size, mode, None, False):

@@ -15,3 +15,9 @@ def browser_page():
     "A headless Chromium page (see tests/browser.py); skips without Chromium, fails instead when METANB_CI=1."
     from browser import chromium_page
     with chromium_page() as page: yield page
+
+@pytest.fixture(scope='session')
+def slurm():
+    "A real one-node SLURM cluster for the session (see tests/slurm.py); skips without SLURM, fails instead when METANB_CI=1."
+    from slurm import slurm_cluster
+    with slurm_cluster() as tmp: yield tmp

@@ -205,4 +205,4 @@ def test_nproc_error_is_one_line(analysed, tmp_path):
     e.pop('METANB_DEBUG', None)
     r = subprocess.run([sys.executable, '-m', 'metanb.cli', 'analyze', str(run), '--nproc', '2', '--quiet'], capture_output=True,
                        text=True, timeout=600, env=e, cwd=tmp_path)
-    _one_line(r.returncode, r.stderr, 'metanb analyze: error:')
+    _one_line(r.returncode, r.stderr, 'metanb analyze: error', "neither 'inner_steps_test' nor 'inner_steps'")  # 'error:' or 'error (rank N):', whichever rank fails first

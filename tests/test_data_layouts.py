@@ -91,6 +91,25 @@ def test_omniglot_resized_cbfinn_convention(omniglot_resized):
     tasks = EpisodicTasks(r, 'train', n_way=5, shots=1, queries=4).batch(range(3))
     assert tasks.xs.shape == (3, 5, 1, 28, 28) and tasks.xq.max() <= 1.0
 
+def transparent_png(path: Path, mode: str):
+    "Rewrite the black-on-white PNG `path` with its white made transparent (and stored black, as drawing tools do) in `mode`."
+    with Image.open(path) as im: ink = np.asarray(im.convert('L')) < 128
+    a = np.where(ink, 255, 0).astype(np.uint8); z = np.zeros_like(a)
+    if mode == 'RGBA': Image.fromarray(np.stack([z, z, z, a], -1), 'RGBA').save(path)
+    elif mode == 'LA': Image.fromarray(np.stack([z, a], -1), 'LA').save(path)
+    else:
+        p = Image.fromarray(ink.astype(np.uint8), 'P'); p.putpalette([0, 0, 0] * 2); p.save(path, transparency=0)
+
+@pytest.mark.parametrize('mode', ['RGBA', 'LA', 'P'])
+@pytest.mark.parametrize('layout', ['torchvision', 'resized'])
+def test_omniglot_transparent_pngs_read_as_ink_on_white(omniglot_py, omniglot_resized, layout, mode):
+    root = omniglot_py if layout == 'torchvision' else omniglot_resized
+    kw = dict(rotations=False) if layout == 'torchvision' else dict(rotations=False, n_train=10, n_val=2)
+    want = load_omniglot(root, **kw).images
+    for f in sorted(root.rglob('*.png'))[::2]: transparent_png(f, mode)      # every other image transparent
+    got = load_omniglot(root, **kw).images
+    assert torch.equal(got, want), f"{mode} images differ from their opaque originals (max |diff| {(got.int() - want.int()).abs().max()})"
+
 def test_registry_loads_omniglot(omniglot_resized, monkeypatch):
     monkeypatch.setenv('METANB_OMNIGLOT', str(omniglot_resized))
     assert load_dataset('omniglot', n_train=10, n_val=2).n_classes == 64

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/01a_data.glyphs.ipynb #9b0d8c5d
 from __future__ import annotations
-import os, json, time, glob, hashlib, unicodedata, functools, contextlib, multiprocessing as mp
+import os, json, time, glob, hashlib, unicodedata, functools, contextlib, contextvars, multiprocessing as mp
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from pathlib import Path
@@ -23,7 +23,7 @@ from ..tasks import ImageClasses, save_image_classes, load_image_classes, SPLITS
 __all__ = ['SYSTEM_FONT_DIRS', 'EXCLUDED_SCRIPTS', 'RECIPE', 'GLYPHS_VERSION', 'TINY_GLYPHS', 'matplotlib_fonts', 'system_fonts',
            'font_files', 'letter_script', 'font_letters', 'render_glyph', 'GlyphShape', 'glyph_shape', 'shape_distance',
            'is_box', 'GlyphCatalog', 'glyph_catalog', 'draw_glyph', 'render_drawers', 'render_catalog',
-           'split_alphabets', 'load_glyphs', 'show_glyphs']
+           'split_alphabets', 'glyph_progress', 'load_glyphs', 'show_glyphs']
 
 # %% ../../nbs/01a_data.glyphs.ipynb #a05dfe88
 SYSTEM_FONT_DIRS = ('/usr/share/fonts/truetype/noto', '/usr/share/fonts/opentype/noto')
@@ -300,13 +300,23 @@ def split_alphabets(alphabets:list, # alphabet of each class
     counts = {}
     for a in alphabets: counts[a] = counts.get(a, 0) + 1
     if len(counts) < 3: raise ValueError(f"splitting by alphabet needs at least 3 alphabets, got {sorted(counts)}: use more scripts")
+    if len(fracs) != 3 or not all(0 < f < 1 for f in fracs): raise ValueError(f"fracs must be 3 fractions in (0, 1) for train, val, test; got {tuple(fracs)}")
     order = sorted(counts, key=lambda a: hashlib.sha1(f'{split_seed}:{a}'.encode()).hexdigest())
-    n, out = len(alphabets), {s: [] for s in SPLITS}
+    if (out := _assign(counts, order, fracs)) is not None: return out
+    ok = next((f for f in ((0.6, 0.1, 0.3), (0.5, 0.2, 0.3), (0.4, 0.2, 0.4), (0.34, 0.33, 0.33)) if _assign(counts, order, f)), None)
+    raise ValueError(f"fracs={tuple(fracs)} leave a split without an alphabet: there are {len(counts)} alphabets of sizes "
+                     f"{sorted(counts.values(), reverse=True)} characters; " + (f"use e.g. fracs={ok}" if ok else "use more scripts (or fonts)"))
+
+def _assign(counts:dict, order:list, fracs) -> dict|None:
+    "Alphabets in `order` fill test, then val, to their fractions, the rest train; None if a split would be empty."
+    n, out = sum(counts.values()), {s: [] for s in SPLITS}
     for a in order:
         k = next((s for s in ('test', 'val') if sum(counts[b] for b in out[s]) < fracs[SPLITS.index(s)] * n), 'train')
         out[k].append(a)
     for s in SPLITS:
-        if not out[s]: out[s].append(out['train'].pop())
+        if not out[s]:
+            if len(out['train']) < 2: return None
+            out[s].append(out['train'].pop())
     return {s: sorted(v) for s, v in out.items()}
 
 # %% ../../nbs/01a_data.glyphs.ipynb #bee2180d
@@ -341,18 +351,27 @@ def _cached(root:Path, key:str):
     return load_image_classes(dat)
 
 # %% ../../nbs/01a_data.glyphs.ipynb #fb1e85c3
+_GLYPH_PROGRESS = contextvars.ContextVar('metanb_glyph_progress', default=True)
+
+@contextlib.contextmanager
+def glyph_progress(on:bool=True):
+    "In this block, `load_glyphs(progress=None)` (how runs load their data) shows its rendering bar only if `on`."
+    tok = _GLYPH_PROGRESS.set(on)
+    try: yield
+    finally: _GLYPH_PROGRESS.reset(tok)
+
 def _build(cat:GlyphCatalog, settings:dict, workers:int, progress:bool) -> ImageClasses:
     "Render the drawers of `cat` and assemble the `ImageClasses` with its alphabet split and provenance."
+    sp = split_alphabets(cat.alphabets, settings['fracs'], settings['split_seed'])   # before rendering: bad fracs fail fast
     t0 = time.perf_counter()
     ims = render_catalog(cat, settings['n_drawers'], settings['size'], settings['seed'], workers, progress)
     secs = time.perf_counter() - t0
-    sp = split_alphabets(cat.alphabets, settings['fracs'], settings['split_seed'])
     splits = {s: [i for i, a in enumerate(cat.alphabets) if a in sp[s]] for s in SPLITS}
     fonts_used = {}
     for f in cat.fonts: fonts_used[f] = fonts_used.get(f, 0) + 1
     meta = dict(source='glyphs', settings=settings, pixel='uint8, 255 = ink (white strokes on black)',
                 alphabet=cat.alphabets, codepoints=cat.codepoints, fonts_used=fonts_used, scripts=cat.scripts,
-                split_alphabets=sp, split_convention='whole alphabets; hash-ordered alphabets fill test to 30%, val to 10% of characters, rest train',
+                split_alphabets=sp, split_convention=f"whole alphabets; hash-ordered alphabets fill test to {settings['fracs'][2]:.0%}, val to {settings['fracs'][1]:.0%} of characters, rest train",
                 dropped=cat.dropped, render_seconds=round(secs, 2), images_per_second=round(ims.shape[0] * ims.shape[1] / max(secs, 1e-9), 1))
     names = [f'{a}/U+{cp:04X}' for a, cp in zip(cat.alphabets, cat.codepoints)]
     return ImageClasses(torch.from_numpy(ims)[:, :, None], names, splits, meta)
@@ -367,8 +386,10 @@ def load_glyphs(root=None, # cache folder (default: metanb.core.data_dir('glyphs
                 scripts=None, # only these alphabets (e.g. ['Latin', 'Greek', 'Runic']); None: all
                 fracs=(0.6, 0.1, 0.3), split_seed:int=0, # alphabet split: fractions of characters train/val/test
                 workers:int|None=None, # rendering processes (None: the CPU count, at most 8; the result does not depend on it)
-                progress:bool=True, rebuild:bool=False) -> ImageClasses:
+                progress:bool|None=None, # bar while rendering; None: shown unless inside `glyph_progress(False)`
+                rebuild:bool=False) -> ImageClasses:
     "The glyph dataset as `ImageClasses`, rendered once and cached on disk under `root`."
+    if progress is None: progress = _GLYPH_PROGRESS.get()
     if size < 8 or n_drawers < 1: raise ValueError(f"need size >= 8 and n_drawers >= 1, got size={size}, n_drawers={n_drawers}")
     fs = font_files(fonts)
     settings = dict(version=GLYPHS_VERSION, size=size, n_drawers=n_drawers, seed=seed, recipe=RECIPE,

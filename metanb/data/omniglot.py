@@ -67,10 +67,16 @@ def omniglot_fixture(root, # folder to write into
     return root
 
 # %% ../../nbs/01b_data.omniglot.ipynb #4b27f008
+def _on_white(im:Image.Image) -> Image.Image:
+    "`im` composited on white when it has transparency (RGBA, LA, PA, or a transparency key), else unchanged."
+    if im.mode not in ('RGBA', 'LA', 'PA', 'RGBa', 'La') and 'transparency' not in im.info: return im
+    im = im.convert('RGBA')
+    return Image.alpha_composite(Image.new('RGBA', im.size, (255, 255, 255, 255)), im)
+
 def _read(f:Path, size:int) -> np.ndarray:
-    "PNG `f` as `uint8` `[size, size]` with 255 = ink (inverted grayscale), Lanczos-resized."
+    "PNG `f` as `uint8` `[size, size]` with 255 = ink (inverted grayscale, transparency on white), Lanczos-resized."
     try:
-        with Image.open(f) as im: im = im.convert('L')
+        with Image.open(f) as im: im = _on_white(im).convert('L')
     except Exception as e:
         raise ValueError(f"cannot read Omniglot image {f}: {type(e).__name__}: {e}. Expected a PNG of a character "
                          f"(black ink on white). Supported layouts: {LAYOUTS}") from None
