@@ -732,7 +732,9 @@ def study_inputs(run_dirs:Sequence) -> dict:
         if (d/'train_log.csv').is_file():
             log = pd.read_csv(d/'train_log.csv')
             if 'val_acc' in log and log['val_acc'].notna().any(): val.append(log[['step', 'val_acc']].dropna().assign(run=d.resolve().name, seed=int(cfg.get('seed', 0))))
-        if (d/'analysis'/'fresh_tasks.csv').is_file(): fresh.append(pd.read_csv(d/'analysis'/'fresh_tasks.csv'))
+        if (d/'analysis'/'fresh_tasks.csv').is_file():
+            f = pd.read_csv(d/'analysis'/'fresh_tasks.csv')
+            if 'acc' in f: fresh.append(f)   # classification; a regression run's table has only the loss
         if (d/'analysis'/'tasks.csv').is_file(): tasks.append(pd.read_csv(d/'analysis'/'tasks.csv'))
     every = lambda t: pd.concat(t, ignore_index=True) if t and len(t) == len(run_dirs) else None
     return dict(val=pd.concat(val, ignore_index=True) if val else None, tasks=every(tasks), fresh=every(fresh))
