@@ -14,6 +14,9 @@ answers all of it:
 3. `study`: `metanb study --preset tiny --device cuda` end to end (train, analyse, report).
 4. `maml_step`: `benchmarks/maml_step.py --device cuda` (metanb loop and vmap, and peers whose wheels travel).
 5. `curvature`: `benchmarks/curvature.py --device cuda --part batch` (batched certified top eigenvalues).
+6. `fresh` (with `--fresh-runs DIR`): score the final checkpoint of every run under DIR on 600 fresh meta-test
+   tasks on the GPU (`metanb.analysis.fresh_tasks`) and bring the tables back as `fresh.tar` (carry the runs'
+   config.json and last checkpoint, and `--data` the dataset cache, so that the tasks are the ones here).
 
 Run on the GPU machine (Python packages metanb needs beyond that image's travel as wheels in `.whl/`):
     python3 benchmarks/gpu_checks.py --out $OUT
@@ -111,6 +114,8 @@ def main():
     ap.add_argument('--out', type=Path, default=Path(os.environ.get('OUT', 'gpu_out')))
     ap.add_argument('--sections', nargs='+', default=['parity', 'distributed', 'study', 'maml_step', 'curvature'])
     ap.add_argument('--budget', type=int, default=150, help='seconds for each subprocess section')
+    ap.add_argument('--fresh-runs', type=Path, default=None, help='folder of run directories for the fresh section')
+    ap.add_argument('--data', type=Path, default=None, help="METANB_DATA for the fresh section (the dataset cache)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     import torch
@@ -141,6 +146,17 @@ def main():
                 rc, secs, tail = run([py, 'benchmarks/curvature.py', '--device', 'cuda', '--part', 'batch',
                                       '--out', str(a.out/'curvature.json')], a.budget, log=a.out/'curvature.log')
                 out[s] = {'status': 'ok' if rc == 0 else 'fail', 'rc': rc, 'tail': tail[-1500:]}
+            elif s == 'fresh':
+                import tarfile
+                if a.data: os.environ['METANB_DATA'] = str(a.data.resolve())
+                from metanb.analysis import fresh_tasks
+                res = {}
+                for d in sorted(p.parent for p in a.fresh_runs.glob('*/config.json')):
+                    t0 = time.time(); df = fresh_tasks(d, device='cuda')
+                    res[d.name] = {'acc': float(df['acc'].mean()) if 'acc' in df else None, 'seconds': round(time.time() - t0, 1)}
+                with tarfile.open(a.out/'fresh.tar', 'w') as tf:
+                    for f in a.fresh_runs.glob('*/analysis/fresh_tasks.*'): tf.add(f, arcname=str(f.relative_to(a.fresh_runs)))
+                out[s] = {'status': 'ok', 'runs': res}
         except subprocess.TimeoutExpired: out[s] = {'status': 'timeout'}
         except Exception: out[s] = {'status': 'error', 'traceback': traceback.format_exc()[-2000:]}
         out.setdefault(s, {})['seconds'] = round(time.time() - t, 1)
