@@ -66,7 +66,9 @@ def run_job(job:Job, # the job
             print(f"job {job.name} (pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')})", flush=True)
             if job.settings is not None: cli._train_one(job.settings, job.variant, job.seed, job.device, d, bars)
             with torch_threads(job.threads): analyse_run(d, job.analysis, force=job.force, progress=bars, log=cli._say)
-        except BaseException: traceback.print_exc(); raise
+        except BaseException as e:  # in the log always; on the terminal only a bug's (an expected failure is one line, see metanb.cli)
+            if redirect or os.environ.get('METANB_DEBUG', '0') not in ('', '0') or not (isinstance(e, KeyboardInterrupt) or cli.expected_error(e)): traceback.print_exc()
+            raise
     if job.settings is not None: write_text(d/'job.json', json.dumps({'key': job.key(), 'variant': job.variant, 'seed': job.seed}) + '\n')
     return str(d)
 
