@@ -219,6 +219,7 @@ def check_analysis(run:Path) -> tuple['pd.DataFrame', list[str]]:
     from metanb.runs import list_checkpoints
     a, notes = Path(run)/'analysis', []
     folders = sorted(int(p.parent.name[5:]) for p in a.glob('step_*/meta.json'))
+    if not folders and not (a/'summary.csv').is_file(): raise FileNotFoundError(f"{run} has nothing analysed (no {a/'summary.csv'}): run `metanb analyze {run}` first")
     try: summ = _read_table(a/'summary.csv') if (a/'summary.csv').is_file() or not folders else None
     except ValueError as e:
         if not folders: raise
@@ -339,6 +340,7 @@ def _train_one(s:dict, variant:str, seed:int, device:str, run_dir:Path, progress
     train = _trainer()
     t0 = time.perf_counter()
     _say(f"training {run_dir.name}: {variant}, seed {seed}, {s['iters']} iterations -> {run_dir}")
+    if (run_dir/'config.json').is_file(): _config_ok(run_dir/'config.json', '--out')  # a run to resume: its config must be readable
     cfg = train_config(s, variant, seed, device)
     r = train(cfg, run_dir, resume=True, progress=progress, data=_load_data(cfg, progress))
     if progress and _main_rank(): print(flush=True)  # end the progress bar's line
@@ -380,6 +382,9 @@ def _run_study_jobs(jobs:list, ex:str, parallel:int|None, sl, quiet:bool) -> tup
     "Run the jobs (a single local job runs in this process); the run directories that finished, and the names of those that did not."
     from metanb.executor import run_jobs
     if ex == 'local' and sum(not j.done() for j in jobs) <= 1: ex = 'inline'  # a pool of one is this process
+    if ex == 'inline' and len(jobs) == 1:  # one run here: its failure is the command's (one line when expected)
+        from metanb.executor import run_job
+        return [Path(run_job(jobs[0], redirect=False, progress=not quiet))], []
     res = run_jobs(jobs, ex, workers=parallel, slurm=sl, progress=not quiet, say=_say)
     ok = [Path(d) for d, r in res.items() if r in ('ok', 'done')]
     missing = [Path(d).name for d, r in res.items() if r not in ('ok', 'done')]
@@ -394,7 +399,6 @@ def _mark_missing(rep:Path, missing:list[str]):
     "Add the runs that did not finish to the report."
     write_text(rep, rep.read_text() + '\n## Missing runs\n\nThese runs did not finish and are not in the tables: ' +
                ', '.join(f'`{m}`' for m in missing) + '. Run the same `metanb study` again to finish them.\n')
-
 
 # %% ../nbs/13_cli.ipynb #390bdc96
 def study(preset:str='quick', # quick (default), omniglot-5w1s, omniglot-20w1s, miniimagenet-5w1s (need --data), tiny (tests)

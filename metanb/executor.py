@@ -71,7 +71,9 @@ def run_job(job:Job, # the job
                 if job.fresh and cli._main_rank():
                     from metanb.analysis import fresh_tasks
                     fresh_tasks(d, job.fresh, device=job.device, force=job.force)
-        except BaseException: traceback.print_exc(); raise
+        except BaseException as e:  # in the log always; on the terminal only a bug's (an expected failure is one line, see metanb.cli)
+            if redirect or os.environ.get('METANB_DEBUG', '0') not in ('', '0') or not (isinstance(e, KeyboardInterrupt) or cli.expected_error(e)): traceback.print_exc()
+            raise
     if job.settings is not None: write_text(d/'job.json', json.dumps({'key': job.key(), 'variant': job.variant, 'seed': job.seed}) + '\n')
     return str(d)
 
