@@ -16,16 +16,16 @@ from torch.func import vmap
 from fastprogress.fastprogress import progress_bar
 from .core import Params, flatten, stack_params, unstack_params, get_device, write_json, atomic_write, tune_malloc, full_float32
 from .tasks import TaskBatch
-from .maml import adapt, forward, task_loss, accuracy, resolve_batching
+from .maml import adapt, forward, task_loss, accuracy, resolve_batching, evaluate
 from .coherence import pairwise_cosine, gram, support_gradients
 from .hessian import bn_context, make_batch_loss_fn, batch_top_eigenvalue, batch_hutchinson_trace, BN_MODES
 from .stats import aggregate_tasks, validate_tasks, validate_checkpoints, TASK_COLUMNS, CHECKPOINT_COLUMNS
 from .runs import ckpt_path, list_checkpoints, read_config, inner_settings, model_from_config, task_family_from_config
 
 # %% auto #0
-__all__ = ['STEP_FILES', 'AnalysisConfig', 'adapt_tasks', 'offdiag_mean', 'coherence_ci', 'measure_checkpoint', 'task_table',
-           'checkpoint_table', 'file_sha256', 'load_params', 'run_identity', 'step_dir', 'cached_step',
-           'analyse_checkpoint', 'analyse_run', 'collect', 'load_analysis']
+__all__ = ['STEP_FILES', 'FRESH', 'FRESH_SEED', 'AnalysisConfig', 'adapt_tasks', 'offdiag_mean', 'coherence_ci',
+           'measure_checkpoint', 'task_table', 'checkpoint_table', 'file_sha256', 'load_params', 'run_identity',
+           'step_dir', 'cached_step', 'analyse_checkpoint', 'analyse_run', 'collect', 'load_analysis', 'fresh_tasks']
 
 # %% ../nbs/09_analysis.ipynb #657d30bc
 @dataclass
@@ -297,3 +297,27 @@ def load_analysis(run_dir:str|Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     a = Path(run_dir)/'analysis'
     if not (a/'summary.csv').is_file(): raise FileNotFoundError(f"{a/'summary.csv'} does not exist: analyse the run first (`metanb analyze {run_dir}`)")
     return validate_tasks(pd.read_csv(a/'tasks.csv')), validate_checkpoints(pd.read_csv(a/'summary.csv'))
+
+# %% ../nbs/09_analysis.ipynb #118dacee
+FRESH, FRESH_SEED = 'fresh_tasks.csv', 1_000_003
+
+def fresh_tasks(run_dir:str|Path, # a run directory
+                n_tasks:int=600, # fresh meta-test tasks
+                seed:int=FRESH_SEED, # their stream: the same for every run, used by no other measurement
+                chunk:int=100, # tasks evaluated at once
+                device='cpu', batching:str='auto', force:bool=False) -> pd.DataFrame:
+    "Per-task query loss (and accuracy) of the run's final checkpoint on fresh meta-test tasks, cached in `analysis/fresh_tasks.csv`."
+    run_dir, config = Path(run_dir), read_config(run_dir)
+    steps = list_checkpoints(run_dir)
+    if not steps: raise FileNotFoundError(f"{run_dir/'checkpoints'} holds no checkpoints: train the run first")
+    path, step, inner = run_dir/'analysis'/FRESH, steps[-1], inner_settings(config, 'test')
+    key = dict(step=step, sha=file_sha256(ckpt_path(run_dir, step)), n_tasks=n_tasks, seed=seed, **inner)
+    meta = path.with_suffix('.json')
+    if not force and path.is_file() and meta.is_file() and json.loads(meta.read_text()) == key: return pd.read_csv(path)
+    dev = get_device(device); model, theta = model_from_config(config).to(dev), load_params(ckpt_path(run_dir, step), dev)
+    fam, res = task_family_from_config({**config, 'seed': seed}, 'test'), []
+    for a in range(0, n_tasks, chunk): res.append(evaluate(model, theta, fam.batch(range(a, min(a + chunk, n_tasks))).to(dev), batching=batching, **inner))
+    cols = {k: torch.cat([r[k] for r in res]).cpu().double().numpy() for k in ('loss', 'acc') if k in res[0]}
+    df = pd.DataFrame(dict(**run_identity(run_dir, config), step=step, task=np.arange(n_tasks), **cols))
+    _write_csv(df, path); write_json(meta, key)
+    return df

@@ -13,8 +13,8 @@ from .core import get_device, write_text, torch_threads
 GENERALIZATION = 'query_acc'  # = metanb.stats.GENERALIZATION (pandas, the stats and the plots are imported when used: `metanb --help` stays quick)
 
 # %% auto #0
-__all__ = ['GENERALIZATION', 'PRESETS', 'ALGORITHMS', 'DATA_HELP', 'SUMMARY_MEASURES', 'COMMANDS', 'ISSUES', 'OptionError',
-           'check_number', 'parse_seeds', 'parse_variant', 'check_device', 'check_out', 'check_data',
+__all__ = ['GENERALIZATION', 'PRESETS', 'ALGORITHMS', 'FRESH_TASKS', 'DATA_HELP', 'SUMMARY_MEASURES', 'COMMANDS', 'ISSUES',
+           'OptionError', 'check_number', 'parse_seeds', 'parse_variant', 'check_device', 'check_out', 'check_data',
            'resolve_settings', 'md_table', 'summary_table', 'check_analysis', 'write_report', 'train_config',
            'analysis_config', 'check_name', 'StudyIncomplete', 'study', 'train_run', 'analyze', 'report',
            'expected_error', 'error_message', 'run_command', 'main']
@@ -38,6 +38,7 @@ PRESETS['tiny'] = dict(dataset='sinusoid', ways=2, shots=5, queries=10, iters=40
                        test_steps=5, outer_lr=1e-3, model_kwargs={'sizes': [1, 16, 16, 1]}, checkpoints=6, tasks=6, tol=1e-2,
                        variants=('maml', 'finetune', 'maml+coherence_step'), strength=0.1, threads=1, needs_data=False)  # for tests: seconds
 ALGORITHMS = ('maml', 'fomaml', 'finetune')
+FRESH_TASKS = 600  # fresh meta-test tasks per run at its final checkpoint (claim 6: the paper's 600-task protocol)
 
 # %% ../nbs/13_cli.ipynb #7f254e3f
 class OptionError(ValueError):
@@ -438,7 +439,7 @@ def study(preset:str='quick', # quick (default), omniglot-5w1s, omniglot-20w1s, 
     t0 = time.perf_counter()
     _say(f"metanb study: preset {preset}, variants {', '.join(vs)}, seeds {sd} -> {root} ({ex} executor)")
     from metanb.executor import Job
-    jobs = [Job(str(d), analysis_config(s, dev), s, v, seed, dev, s.get('threads')) for v, seed, d in runs]
+    jobs = [Job(str(d), analysis_config(s, dev), s, v, seed, dev, s.get('threads'), fresh=s.get('fresh', FRESH_TASKS)) for v, seed, d in runs]
     dirs, missing = _run_study_jobs(jobs, ex, parallel, sl, quiet)
     if not _main_rank(): return None
     rep = write_report(dirs, root, title=f'metanb study: {preset}')

@@ -24,6 +24,7 @@ class Job:
     device:str='cpu' # where it runs
     threads:int|None=None # torch threads of the analysis (training takes the settings')
     force:bool=False # recompute cached analyses
+    fresh:int=0 # fresh meta-test tasks scored at the final checkpoint (`metanb.analysis.fresh_tasks`; 0: none)
 
     @property
     def name(self) -> str: return Path(self.run_dir).name
@@ -31,7 +32,7 @@ class Job:
     def log(self) -> Path: return Path(self.run_dir).parent/'logs'/f'{self.name}.log'
     def key(self) -> str:
         "What the job computes (everything but where): a finished run with the same key is skipped."
-        d = dict(settings=self.settings, variant=self.variant, seed=self.seed, analysis=dataclasses.asdict(self.analysis))
+        d = dict(settings=self.settings, variant=self.variant, seed=self.seed, analysis=dataclasses.asdict(self.analysis), **({'fresh': self.fresh} if self.fresh else {}))
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
     def done(self) -> bool:
         "Whether this job already ran to its end (its run holds `job.json` with this key)."
@@ -65,7 +66,11 @@ def run_job(job:Job, # the job
         try:
             print(f"job {job.name} (pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')})", flush=True)
             if job.settings is not None: cli._train_one(job.settings, job.variant, job.seed, job.device, d, bars)
-            with torch_threads(job.threads): analyse_run(d, job.analysis, force=job.force, progress=bars, log=cli._say)
+            with torch_threads(job.threads):
+                analyse_run(d, job.analysis, force=job.force, progress=bars, log=cli._say)
+                if job.fresh and cli._main_rank():
+                    from metanb.analysis import fresh_tasks
+                    fresh_tasks(d, job.fresh, device=job.device, force=job.force)
         except BaseException: traceback.print_exc(); raise
     if job.settings is not None: write_text(d/'job.json', json.dumps({'key': job.key(), 'variant': job.variant, 'seed': job.seed}) + '\n')
     return str(d)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_hessian.ipynb #7c9732d0
 from __future__ import annotations
-import math, contextlib
+import math, numbers, contextlib
 from dataclasses import dataclass, field, fields
 from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -291,10 +291,18 @@ class BatchEigResult:
         return dict(value=self.value, error_bound=self.error_bound, n_hvp=self.n_hvp, converged=self.converged)
 
 # %% ../nbs/05_hessian.ipynb #c941c35b
+def _check_int(name:str, v, lo:int=1):
+    "Raise unless `v` is an int >= `lo`."
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo: raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+
+def _check_tol(rtol, atol):
+    "Raise unless both tolerances are finite numbers >= 0 (NaN would never stop, or always)."
+    if not all(isinstance(t, numbers.Real) and math.isfinite(t) and t >= 0 for t in (rtol, atol)):
+        raise ValueError(f"rtol and atol must be finite numbers >= 0, got rtol={rtol}, atol={atol}")
+
 def _eig_run(op:HessianOperator, k:int, which:str, rtol:float, atol:float, max_iter:int, seed:int,
              generator, verify:bool, offset:int=0) -> list[dict]:
-    if k < 1: raise ValueError(f"k must be >= 1, got {k}")
-    if rtol < 0 or atol < 0: raise ValueError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
+    _check_int('k', k); _check_int('max_iter', max_iter); _check_tol(rtol, atol)
     q0 = _starts(op.B, op.P, next(iter(op.params.values())), seed + offset, generator)
     out = _lanczos_core(op.matvec, q0, max_iter, _stopper(k, which, 0.8 * rtol, 0.8 * atol))  # a margin for the final check
     for o in out:
@@ -359,7 +367,8 @@ class TraceResult:
 
 # %% ../nbs/05_hessian.ipynb #7c43464f
 def _hutchinson_run(op:HessianOperator, rtol, atol, min_samples, max_samples, seed, generator, offset=0) -> list[Tensor]:
-    if min_samples < 2 or max_samples < min_samples: raise ValueError(f"need 2 <= min_samples <= max_samples, got {min_samples}, {max_samples}")
+    _check_int('min_samples', min_samples, 2); _check_int('max_samples', max_samples, 2); _check_tol(rtol, atol)
+    if max_samples < min_samples: raise ValueError(f"need 2 <= min_samples <= max_samples, got {min_samples}, {max_samples}")
     gens = [generator] * op.B if generator is not None else [make_generator(seed + offset + t) for t in range(op.B)]
     like, samples, act = next(iter(op.params.values())), [[] for _ in range(op.B)], list(range(op.B))
     for n in range(max_samples):
@@ -416,6 +425,8 @@ def spectral_density(loss_fn:Callable, params:Params,
                      method:str='double_backward', seed:int=0, generator:torch.Generator|None=None,
                     ) -> DensityResult:
     "The Hessian's eigenvalue density by stochastic Lanczos quadrature (Gaussian-broadened, on a grid)."
+    _check_int('n_probes', n_probes); _check_int('n_iter', n_iter); _check_int('n_grid', n_grid, 2)
+    if sigma is not None and not (isinstance(sigma, numbers.Real) and math.isfinite(sigma) and sigma > 0): raise ValueError(f"sigma must be a finite number > 0 (or None), got {sigma}")
     op = HessianOperator(loss_fn, params, method)
     never = lambda th, r: (torch.zeros(th.shape[0], dtype=torch.bool), torch.zeros(th.shape[0], 1, dtype=torch.long))
     nodes, weights = torch.zeros(n_probes, min(n_iter, op.P), dtype=torch.float64), torch.zeros(n_probes, min(n_iter, op.P), dtype=torch.float64)
@@ -433,6 +444,7 @@ def spectral_density(loss_fn:Callable, params:Params,
 # %% ../nbs/05_hessian.ipynb #d6fa8728
 def _chunks(loss_fn, params, chunk_size):
     T = next(iter(params.values())).shape[0]
+    if chunk_size is not None: _check_int('chunk_size', chunk_size)
     if chunk_size is None or chunk_size >= T: yield 0, loss_fn, params; return
     if not hasattr(loss_fn, 'subset'): raise ValueError("chunk_size needs a loss_fn with .subset(idx) (make_batch_loss_fn): pass chunk_size=None")
     for a in range(0, T, chunk_size):

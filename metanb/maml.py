@@ -172,7 +172,7 @@ def _setup(model, params, tasks, steps, lr, batching, loss, second_order=True):
     _check_inner(steps, lr)
     if not isinstance(tasks, TaskBatch): raise TypeError(f"tasks must be a metanb.tasks.TaskBatch, got {type(tasks).__name__}")
     mode = resolve_batching(batching, next(iter(params.values())).device, model, second_order)
-    if loss is None and not tasks.yq.is_floating_point():   # labels checked against the head once, not per call (no sync under vmap)
+    if loss is None and not tasks.yq.is_floating_point() and tasks.ys.numel() and tasks.yq.numel():   # labels checked against the head once (no sync per call, works under vmap)
         top = int(torch.stack([tasks.ys.max(), tasks.yq.max()]).max())
         loss = functools.partial(_head_checked, top=top)
     return mode, loss or task_loss

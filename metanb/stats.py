@@ -272,7 +272,7 @@ def synthetic_study(seeds:Sequence[int]=(0, 1, 2), variants:Sequence[str]=('maml
     tasks = pd.DataFrame(rows)
     return tasks, pd.concat([aggregate_tasks(tasks), pd.DataFrame(scal)], ignore_index=True)
 
-# %% ../nbs/10_stats.ipynb #761df602
+# %% ../nbs/10_stats.ipynb #2580e4d5
 def task_se(ckpt:pd.DataFrame) -> pd.Series:
     "Standard error over meta-test tasks of each per-checkpoint value, from its CI and n (0 when unknown)."
     z = stats.t.ppf(0.975, np.maximum(ckpt['n'].to_numpy() - 1, 1))
@@ -345,14 +345,14 @@ def variant_difference(ckpt:pd.DataFrame, measure:str, a:str, b:str, conf:float=
         lo, hi, how = est - half, est + half, 'normal'
     return dict(estimate=est, ci_low=float(lo), ci_high=float(hi), method=how, n_a=len(fa), n_b=len(fb))
 
-# %% ../nbs/10_stats.ipynb #b2144dd9
+# %% ../nbs/10_stats.ipynb #ac767808
 ALPHA = 0.05  # family-wise error rate of the claims table (Holm)
 MIN_SEEDS = 3  # fewest seeds a verdict is drawn from
 MIN_WINDOW = 3  # fewest checkpoints in a post-peak window
 MIN_FRESH_TASKS = 600  # fewest fresh meta-test tasks per seed for claim 6
 FT_MARGIN = 0.05  # claim 5: |coherence| below this counts as near zero (equivalence margin)
 
-# %% ../nbs/10_stats.ipynb #3c8eca30
+# %% ../nbs/10_stats.ipynb #4bc334aa
 CLAIMS = {
     '1a': 'as meta-training advances, meta-test solutions get flatter',
     '1b': 'as meta-training advances, meta-test solutions get lower in (support) loss',
@@ -379,7 +379,7 @@ EFFECTS = {  # row: (claim, effect, role)
     'ref/loss': ('ref', 'as ref, with top_eig / support_loss (curvature per unit loss)', 'context'),
 }
 
-# %% ../nbs/10_stats.ipynb #69e85800
+# %% ../nbs/10_stats.ipynb #1978b2a4
 def _pearson_last(a, b):
     "Pearson correlation along the last axis (NaN where one side is constant)."
     a, b = a - a.mean(-1, keepdims=True), b - b.mean(-1, keepdims=True)
@@ -390,7 +390,7 @@ def spearman_last(a, b):
     a, b = np.broadcast_arrays(np.asarray(a, 'float64'), np.asarray(b, 'float64'))
     return _pearson_last(stats.rankdata(a, axis=-1), stats.rankdata(b, axis=-1))
 
-# %% ../nbs/10_stats.ipynb #954f2750
+# %% ../nbs/10_stats.ipynb #377a073e
 def holm(p) -> np.ndarray:
     "Holm-adjusted p-values of a family (NaN entries are not in the family and stay NaN)."
     p = np.asarray(p, 'float64'); out = np.full_like(p, np.nan); ok = np.flatnonzero(np.isfinite(p))
@@ -398,7 +398,7 @@ def holm(p) -> np.ndarray:
     out[o] = np.minimum(1, np.maximum.accumulate((m - np.arange(m)) * p[o]))
     return out
 
-# %% ../nbs/10_stats.ipynb #cd7c70a5
+# %% ../nbs/10_stats.ipynb #f9b14d8f
 def seeds_needed(effect:float, sd:float, alpha:float=ALPHA, power:float=0.8, most:int=200) -> int|None:
     "Fewest seeds for a two-sided one-sample t-test to reach `power` when per-seed effects have mean `effect` and spread `sd` (None: more than `most`)."
     if not (np.isfinite(effect) and np.isfinite(sd)) or effect == 0: return None
@@ -408,17 +408,19 @@ def seeds_needed(effect:float, sd:float, alpha:float=ALPHA, power:float=0.8, mos
     pw = stats.nct.sf(tc, df, nc) + stats.nct.cdf(-tc, df, nc)
     return int(n[np.argmax(pw >= power)]) if (pw >= power).any() else None
 
-# %% ../nbs/10_stats.ipynb #3a6781c9
+# %% ../nbs/10_stats.ipynb #80218d92
 @_quiet
 def seed_inference(E:np.ndarray, # per-seed effects [draws, seeds]: row 0 the estimates, rows 1.. task-noise draws
                    expected:int=1, conf:float=0.95, design:float=1.0, # variance factor for dependent per-seed effects
                    df:int|None=None, n_boot:int=2000, seed:int=0) -> dict:
     "Across-seed estimate, multi-bootstrap interval (seeds, and tasks within them), t-test p and sign agreement."
-    E = np.nan_to_num(np.asarray(E, 'float64'), nan=0.0); k = E.shape[1]; est = E[0]; m = float(est.mean())
+    E = np.asarray(E, 'float64'); undefined = np.isnan(E[0]).all()  # e.g. no run has a long enough window
+    E = np.nan_to_num(E, nan=0.0); k = E.shape[1]; est = E[0]; m = np.nan if undefined else float(est.mean())
     agree = int((np.sign(est) == np.sign(expected)).sum())
     out = dict(estimate=m, ci_low=np.nan, ci_high=np.nan, interval='', se=np.nan, p=np.nan, n_runs=k,
                seeds_agree=f'{agree}/{k}', sign_p=float(stats.binomtest(agree, k, 0.5, 'greater').pvalue), per_seed=tuple(est))
     rng = np.random.default_rng(seed)
+    if undefined: return {**out, 'interval': 'undefined in every run'}
     if k == 1:
         h = stats.norm.ppf(0.5 + conf / 2) * E[1:, 0].std(ddof=1) if len(E) > 2 else np.nan
         lo, hi = m - h, m + h  # centred on the estimate: extra noise on noisy data pulls a correlation towards 0
@@ -431,7 +433,7 @@ def seed_inference(E:np.ndarray, # per-seed effects [draws, seeds]: row 0 the es
     h = stats.t.ppf(0.5 + conf / 2, df) * se
     return {**out, 'ci_low': m - h, 'ci_high': m + h, 'interval': f'{k} seeds + tasks', 'se': se, 'p': float(2 * stats.t.sf(abs(m) / se, df))}
 
-# %% ../nbs/10_stats.ipynb #92ed0256
+# %% ../nbs/10_stats.ipynb #1b158cfa
 def task_draws(tasks:pd.DataFrame, measure:str, runs:Sequence[str], steps:Sequence, n_draws:int, rng) -> np.ndarray|None:
     "`[draws, runs, steps]` means of `measure` over resampled meta-test tasks, the same resample for every run and step (None: not in `tasks`)."
     d = tasks[(tasks['measure'] == measure) & tasks['run'].isin(runs) & tasks['step'].isin(steps)]
@@ -441,7 +443,7 @@ def task_draws(tasks:pd.DataFrame, measure:str, runs:Sequence[str], steps:Sequen
     idx = rng.integers(A.shape[-1], size=(n_draws, A.shape[-1]))
     return np.moveaxis(np.nanmean(A[..., idx], -1), -1, 0)
 
-# %% ../nbs/10_stats.ipynb #be304865
+# %% ../nbs/10_stats.ipynb #d249f420
 def study_arrays(ckpt:pd.DataFrame, measures:Sequence[str], n_draws:int=200, seed:int=0,
                  tasks:pd.DataFrame|None=None, # per-task table: its measures' task noise by resampling tasks (else from the CIs)
                 ) -> tuple:
@@ -460,7 +462,7 @@ def study_arrays(ckpt:pd.DataFrame, measures:Sequence[str], n_draws:int=200, see
         out[m] = np.concatenate([v[None], v + s * rng.standard_normal((n_draws, 1, v.shape[1])) if td is None else td])  # runs share the tasks
     return np.asarray(steps, 'float64'), val.index.to_frame(index=False), out
 
-# %% ../nbs/10_stats.ipynb #96ebfddb
+# %% ../nbs/10_stats.ipynb #125ca56b
 def trend_effect(steps, x): "Per-seed Spearman of a measure with the step: `[draws, seeds]`."; return spearman_last(steps, x)
 def assoc_effect(a, b): "Per-seed Spearman of two measures across checkpoints: `[draws, seeds]`."; return spearman_last(a, b)
 def fluct_effect(a, b):
@@ -483,7 +485,7 @@ def change_effect(x, start):
     "Per-seed change of x from the checkpoint at index `start[seed]` to the last checkpoint."
     return np.stack([x[:, s, -1] - x[:, s, i] for s, i in enumerate(start)], 1)
 
-# %% ../nbs/10_stats.ipynb #9aecd89e
+# %% ../nbs/10_stats.ipynb #83948d12
 def _effect_makers(X:dict, steps, start) -> dict:
     "Lazily computed per-seed effects of every row the measures in `X` allow: `{row: (thunk, expected, variance factor, df)}`."
     k, has, out = next(iter(X.values())).shape[1], set(X), {}
@@ -512,7 +514,7 @@ def claim_effects(X:dict, # {measure: [draws, seeds, steps]} (see `study_arrays`
     mk = _effect_makers(X, steps, start)
     return {r: (f(), *rest) for r, (f, *rest) in mk.items() if rows is None or r in rows}
 
-# %% ../nbs/10_stats.ipynb #f7160ca9
+# %% ../nbs/10_stats.ipynb #337e7a42
 def _blank(row:str, why:str, effect:str|None=None) -> dict:
     "A claims-table row without a measurement: `why` says what it needs."
     c, eff, role = EFFECTS.get(row, (row.split()[0], effect, 'claim'))
@@ -525,7 +527,8 @@ def _measured(row:str, inf:dict, expected:int, sd:float, effect:str|None=None, b
     lo, hi = (np.clip([inf['ci_low'], inf['ci_high']], *bounds) if bounds else (inf['ci_low'], inf['ci_high']))
     per = ', '.join(f'{v:.3g}' for v in inf.get('per_seed', ()))
     n, est = seeds_needed(inf['estimate'], sd), inf['estimate']
-    need = (f"{'at least' if inf['n_runs'] == 1 else 'about'} {n} seeds at this effect and spread" if n else 'no effect measured' if est == 0 else
+    need = ('undefined in every run (fewer than 3 checkpoints from the validation peak on, or a constant measure)' if not np.isfinite(est) else
+            f"{'at least' if inf['n_runs'] == 1 else 'about'} {n} seeds at this effect and spread" if n else 'no effect measured' if est == 0 else
             f"no spread measured yet: more seeds (all agreeing in sign needs >= {_sign_seeds(ALPHA)})" if not sd > 0 else
             'more than 200 seeds at this effect and spread')
     return {**r, **{k: inf[k] for k in ('estimate', 'interval', 'n_runs', 'seeds_agree', 'sign_p', 'p')}, 'ci_low': float(lo), 'ci_high': float(hi),
@@ -538,7 +541,7 @@ def _spread(inf:dict, design:float=1.0) -> float:
     if inf['n_runs'] > 1: return inf['se'] * np.sqrt(inf['n_runs'] / design)
     return (inf['ci_high'] - inf['ci_low']) / (2 * stats.norm.ppf(0.975))
 
-# %% ../nbs/10_stats.ipynb #3e33e2e1
+# %% ../nbs/10_stats.ipynb #536e768f
 def _sign_seeds(alpha:float) -> int:
     "Fewest seeds for which all of them agreeing in sign is significant (exact two-sided sign test)."
     return int(np.ceil(1 - np.log2(alpha)))
@@ -560,7 +563,7 @@ def decide(table:pd.DataFrame, alpha:float=ALPHA) -> pd.DataFrame:
             d = r.get('direction'); t.at[i, 'verdict'] = d if isinstance(d, str) else ('supports' if sign > 0 else 'contradicts'); t.at[i, 'to_decide'] = ''
     return t
 
-# %% ../nbs/10_stats.ipynb #010af962
+# %% ../nbs/10_stats.ipynb #728663f8
 def peak_start(val:pd.DataFrame, # validation curves: run, step, val_acc (`study_inputs`)
                runs:pd.DataFrame, steps:np.ndarray) -> np.ndarray:
     "Per run: index of the first checkpoint at or after the run's validation-accuracy peak (the peak is chosen on validation tasks only)."
@@ -571,7 +574,7 @@ def peak_start(val:pd.DataFrame, # validation curves: run, step, val_acc (`study
         out.append(int(np.searchsorted(steps, v.loc[v['val_acc'].idxmax(), 'step'])))
     return np.asarray(out)
 
-# %% ../nbs/10_stats.ipynb #3cdbe481
+# %% ../nbs/10_stats.ipynb #981a7293
 _NEEDS = {'top_eig': ('1a', '1a/loss', '2', 'ref'), 'support_loss': ('1a/loss', '1b'), 'distance': ('1c',),
           'traj_coherence': ('3',), 'grad_coherence': ('4',), GENERALIZATION: ('2', '3', '4', 'ref')}
 
@@ -597,7 +600,7 @@ def checkpoint_rows(ckpt:pd.DataFrame, val:pd.DataFrame|None=None, conf:float=0.
         rows.append(_measured(row, inf, e, _spread(inf, des), bounds=None if row == '2 premise' else (-1, 1)))
     return rows
 
-# %% ../nbs/10_stats.ipynb #d5e629c4
+# %% ../nbs/10_stats.ipynb #70e9ab63
 def final_effect(ckpt:pd.DataFrame, measure:str, n_draws:int=200, seed:int=0) -> tuple[np.ndarray, pd.DataFrame]:
     "Per-run value of `measure` at the last checkpoint all runs share: `([draws, runs], runs)` with task-noise draws."
     steps, runs, X = study_arrays(ckpt, [measure], n_draws, seed)
@@ -621,7 +624,7 @@ def difference(a:dict, b:dict, conf:float=0.95) -> dict:
     return dict(estimate=m, ci_low=m - h, ci_high=m + h, se=se, p=float(2 * stats.t.sf(abs(m) / se, df)), n_runs=min(ka, kb),
                 interval=f'{ka} + {kb} seeds + tasks (Welch)', seeds_agree='', sign_p=np.nan)
 
-# %% ../nbs/10_stats.ipynb #5a132977
+# %% ../nbs/10_stats.ipynb #451344b5
 def claim5_rows(ckpt:pd.DataFrame, base:str|None, finetune:str, margin:float=FT_MARGIN, conf:float=0.95, seed:int=0) -> list[dict]:
     "Claim 5: the finetuning baseline's final trajectory coherence is within +-margin of 0 (TOST), and below the base variant's."
     m, proto = 'traj_coherence', (f"baseline protocol: '{finetune}' trains one classifier over all meta-training classes (regression: "
@@ -643,7 +646,7 @@ def claim5_rows(ckpt:pd.DataFrame, base:str|None, finetune:str, margin:float=FT_
     d = difference(inf[finetune], inf[base], conf)
     return [r5, _measured('5 diff', d, -1, d['se'] * np.sqrt(max(d['n_runs'], 1)), rows['5 diff'], bounds=None)]
 
-# %% ../nbs/10_stats.ipynb #2b32a4c1
+# %% ../nbs/10_stats.ipynb #9f26eecc
 FRESH_COLUMNS = ('variant', 'seed', 'task', 'acc')
 
 def paired_effect(fresh:pd.DataFrame, a:str, b:str, n_draws:int=200, seed:int=0) -> tuple[np.ndarray, int]:
@@ -668,7 +671,7 @@ def claim6_rows(ckpt:pd.DataFrame, fresh:pd.DataFrame|None, pairs, conf:float=0.
         rows.append(_blank('6', "needs a 'maml+grad_norm' variant (the control: a penalty that is not coherence)", 'final query_acc: maml+grad_norm - maml (control)'))
     return rows
 
-# %% ../nbs/10_stats.ipynb #a0b748f1
+# %% ../nbs/10_stats.ipynb #b08961d2
 def _pick_base(ckpt:pd.DataFrame, base:str|None, finetune:str) -> str|None:
     "The variant claims 1-4 are computed on (None: all runs, when there are no variants)."
     if 'variant' not in ckpt: return None
@@ -680,14 +683,14 @@ def _pick_base(ckpt:pd.DataFrame, base:str|None, finetune:str) -> str|None:
     if len(plain) != 1: raise ValueError(f"cannot tell which variant is the base among {have}: pass base=...")
     return plain[0]
 
-# %% ../nbs/10_stats.ipynb #3158f083
+# %% ../nbs/10_stats.ipynb #feec70e1
 def _regularized(ckpt:pd.DataFrame, regularized) -> list[tuple[str, str]]:
     "Pairs (regularized variant, its plain variant): 'X+reg' is compared with 'X'."
     have = sorted(set(ckpt['variant'])) if 'variant' in ckpt else []
     regs = [v for v in have if '+' in v] if regularized is None else ([regularized] if isinstance(regularized, str) else list(regularized))
     return [(v, v.split('+')[0]) for v in regs]
 
-# %% ../nbs/10_stats.ipynb #ba88a14d
+# %% ../nbs/10_stats.ipynb #6a1eb6e0
 COLUMNS = ('claim', 'row', 'statement', 'effect', 'role', 'expected', 'estimate', 'ci_low', 'ci_high', 'interval', 'n_runs',
            'seeds_agree', 'sign_p', 'p', 'p_holm', 'verdict', 'to_decide', 'note')
 
@@ -708,12 +711,12 @@ def claims_table(ckpt:pd.DataFrame|Sequence[pd.DataFrame], # per-checkpoint tabl
     rows += claim6_rows(ckpt, fresh, pairs, conf, seed) if pairs else [_blank('6', "needs a regularized variant ('X+reg' next to a plain 'X')", 'final query_acc: regularized - plain')]
     t = decide(pd.DataFrame(rows), alpha)
     pre = t['row'] == '2 premise'
-    if pre.any() and t.loc[pre, 'verdict'].iloc[0] != 'not measured' and not (t.loc[pre, 'estimate'].iloc[0] < 0 and t.loc[pre, 'p'].iloc[0] < alpha):
+    if pre.any() and t.loc[pre, 'n_runs'].iloc[0] >= MIN_SEEDS and not (t.loc[pre, 'estimate'].iloc[0] < 0 and t.loc[pre, 'p'].iloc[0] < alpha):
         i = t.index[t['row'] == '2']; t.loc[i, 'verdict'] = 'cannot decide'
         t.loc[i, 'to_decide'] = 'accuracy does not degrade significantly after its validation peak (the premise row): claim 2 has nothing to test'
     return t[[c for c in COLUMNS if c in t]].reset_index(drop=True)
 
-# %% ../nbs/10_stats.ipynb #47e403d1
+# %% ../nbs/10_stats.ipynb #774d775b
 def ci_text(lo:float, hi:float, interval:str='') -> str:
     "An interval for a table: '[lo, hi]' with its kind, or why there is none (never a zero-width interval)."
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo): return f"none ({interval or 'no spread'})"
@@ -729,12 +732,14 @@ def study_inputs(run_dirs:Sequence) -> dict:
         if (d/'train_log.csv').is_file():
             log = pd.read_csv(d/'train_log.csv')
             if 'val_acc' in log and log['val_acc'].notna().any(): val.append(log[['step', 'val_acc']].dropna().assign(run=d.resolve().name, seed=int(cfg.get('seed', 0))))
-        if (d/'analysis'/'fresh_tasks.csv').is_file(): fresh.append(pd.read_csv(d/'analysis'/'fresh_tasks.csv'))
+        if (d/'analysis'/'fresh_tasks.csv').is_file():
+            f = pd.read_csv(d/'analysis'/'fresh_tasks.csv')
+            if 'acc' in f: fresh.append(f)   # classification; a regression run's table has only the loss
         if (d/'analysis'/'tasks.csv').is_file(): tasks.append(pd.read_csv(d/'analysis'/'tasks.csv'))
     every = lambda t: pd.concat(t, ignore_index=True) if t and len(t) == len(run_dirs) else None
     return dict(val=pd.concat(val, ignore_index=True) if val else None, tasks=every(tasks), fresh=every(fresh))
 
-# %% ../nbs/10_stats.ipynb #de6bcae9
+# %% ../nbs/10_stats.ipynb #6a2d1c20
 def synthetic_arrays(k:int, scenario:str, rng, T:int=12, n_tasks:int=20, peak:float=0.6, fluct:float=0.02) -> tuple[dict, dict, np.ndarray]:
     "Simulated per-checkpoint values and task SEs `{measure: [k, T]}` and validation accuracy `[k, T]` (runs share the meta-test tasks)."
     t = np.linspace(0, 1, T)[None]; pk = 2.0 if scenario == 'plateau' else peak
@@ -757,7 +762,7 @@ CALIBRATION = {  # name: (row decided, scenario, is the claim true?)
     'finetune coherence at the margin (5)': ('5', FT_MARGIN, False), 'finetune coherence zero (5)': ('5', 0.0, True),
     'variants from one distribution (6)': ('6', 0.0, False), 'regularizer gains +0.03 (6)': ('6', 0.03, True)}
 
-# %% ../nbs/10_stats.ipynb #edb693ab
+# %% ../nbs/10_stats.ipynb #98b63f98
 def _simulate(row:str, scenario, k:int, rng, alpha:float, n_draws:int, n_tasks:int=MIN_FRESH_TASKS) -> str:
     "The verdict of one simulated study for `row` (statistics only; no Holm: each claim at level `alpha`)."
     if row == '6':  # paired per-task final accuracies: task difficulty shared, seeds and the variants' noise independent
