@@ -57,6 +57,16 @@ NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
+def _free_port_pair() -> int:
+    "A port p with p and p + 1 both free on this machine (slurmctld's and slurmd's)."
+    for _ in range(100):
+        with socket.socket() as a:
+            a.bind(('127.0.0.1', 0)); p = a.getsockname()[1]
+            with socket.socket() as b:
+                try: b.bind(('127.0.0.1', p + 1)); return p
+                except OSError: continue
+    raise RuntimeError('no two consecutive free ports for SLURM')
+
 def _kill_pidfile(f: Path):
     try: pid = int(f.read_text().split()[0])
     except (OSError, ValueError, IndexError): return
@@ -78,8 +88,8 @@ def slurm_cluster():
     for d in ('state', 'spool', 'run', 'log', 'munge', 'bin'): (tmp/d).mkdir()
     host = socket.gethostname().split('.')[0]
     mem = int(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**20 * 0.8)
-    # one cluster per pytest-xdist worker (gw0, gw1, ...): its own ports, state and munge socket
-    port = 16817 + 10 * int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0')[2:] or 0)
+    # one cluster per test session (each pytest-xdist worker, each concurrent pytest): its own free ports, state and munge socket
+    port = _free_port_pair()
     (tmp/'slurm.conf').write_text(_conf(tmp, host, os.cpu_count() or 1, mem, port))
     (tmp/'bin'/'sacct').write_text(SACCT); (tmp/'bin'/'sacct').chmod(0o755)
     old = {k: os.environ.get(k) for k in ('SLURM_CONF', 'PATH')}

@@ -100,9 +100,13 @@ def test_study_end_to_end(tmp_path):
     assert set(claims['claim']) == {'1a', '1b', '1c', '2', '3', '4', '5', '6', 'ref'}
     assert not claims['verdict'].isin(['supports', 'contradicts']).any()  # one seed decides nothing
     assert claims.query("role == 'claim'")['to_decide'].notna().all()  # and says what would
-    # a second study finds everything done: training resumes at the end, every checkpoint is cached
+    # a second study finds every run finished (its job.json) and starts nothing
     r2 = metanb('study', '--preset', 'tiny', '--out', tmp_path/'runs', '--quiet', tmp_path=tmp_path)
-    assert r2.returncode == 0 and 'analysed in' not in r2.stdout and r2.stdout.count(': cached') == 18, r2.stdout[-2000:]
+    assert r2.returncode == 0 and 'analysed in' not in r2.stdout and '3 of 3 runs already finished: skipped' in r2.stdout, r2.stdout[-2000:]
+    # with the job markers gone, the runs are found trained and every checkpoint cached
+    for v in ('maml-s0', 'finetune-s0', 'maml+coherence_step-s0'): (study/v/'job.json').unlink()
+    r3 = metanb('study', '--preset', 'tiny', '--out', tmp_path/'runs', '--quiet', '--executor', 'inline', tmp_path=tmp_path)
+    assert r3.returncode == 0 and 'analysed in' not in r3.stdout and r3.stdout.count(': cached') == 18, r3.stdout[-2000:]
 
 
 def test_train_with_task_threads(tmp_path):
