@@ -421,7 +421,9 @@ def _(ctx):
 @case('train resume: truncated last checkpoint', 'runs')
 def _(ctx):
     run = ctx.run_copy('trained'); f = run/'checkpoints'/'step_000008.pt'; f.write_bytes(f.read_bytes()[:100])
-    return classify(ctx.cli('train', *TINY, '--iters', 8, '--checkpoints', 3, '--out', ctx.tmp, '--name', 'trained'), needle='step_000008')
+    r = ctx.cli('train', *TINY, '--iters', 8, '--checkpoints', 3, '--out', ctx.tmp, '--name', 'trained', env={'PYTHONWARNINGS': 'default'})
+    said = lambda: None if 'resuming from the previous checkpoint' in r.stderr and 'step_000008' in r.stderr else ('silent', 'resumed without naming the unreadable checkpoint')
+    return classify(r, expect_error=False, check=said)   # falling back to the previous intact checkpoint, saying so, is the fix
 
 
 @case('analyze: config.json not json', 'runs')

@@ -16,7 +16,7 @@ from torch.func import vmap
 from fastprogress.fastprogress import progress_bar
 from .core import Params, flatten, stack_params, unstack_params, get_device, write_json, atomic_write, tune_malloc, full_float32, CheckpointError
 from .tasks import TaskBatch
-from .maml import adapt, forward, task_loss, accuracy, resolve_batching, evaluate
+from .maml import adapt, forward, task_loss, accuracy, resolve_batching, evaluate, check_params
 from .coherence import pairwise_cosine, gram, support_gradients
 from .hessian import bn_context, make_batch_loss_fn, batch_top_eigenvalue, batch_hutchinson_trace, BN_MODES
 from .stats import aggregate_tasks, validate_tasks, validate_checkpoints, TASK_COLUMNS, CHECKPOINT_COLUMNS
@@ -247,6 +247,8 @@ def analyse_checkpoint(run_dir:str|Path, step:int, cfg:AnalysisConfig, *, model,
     t0, path = time.perf_counter(), ckpt_path(run_dir, step)
     sha = sha or file_sha256(path)
     theta = load_params(path, device or 'cpu')
+    try: check_params(model, theta)
+    except KeyError as e: raise CheckpointError(f"checkpoint {path} does not fit the run's model: {e.args[0]}") from None
     res = measure_checkpoint(model, theta, tasks, cfg, steps=steps, lr=lr)
     ids = list(range(len(tasks)))
     tt = task_table(res, ident['run'], ident['seed'], step, ident['variant'], ids)
