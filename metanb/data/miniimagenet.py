@@ -63,8 +63,10 @@ def _read_csv(f:Path) -> dict:
     if not rows or [c.strip() for c in rows[0][:2]] != ['filename', 'label']:
         raise ValueError(f"MiniImageNet csv {f} must start with the header 'filename,label', got {rows[0] if rows else 'an empty file'}. Supported layouts: {LAYOUTS}")
     out = {}
-    for r in rows[1:]:
-        if len(r) >= 2: out.setdefault(r[1].strip(), []).append(r[0].strip())
+    for i, r in enumerate(rows[1:], 2):
+        if not any(c.strip() for c in r): continue   # blank line
+        if len(r) < 2 or not r[0].strip() or not r[1].strip(): raise ValueError(f"MiniImageNet csv {f}, line {i}: expected 'filename,label', got {','.join(r)!r}. Supported layouts: {LAYOUTS}")
+        out.setdefault(r[1].strip(), []).append(r[0].strip())
     if not out: raise ValueError(f"MiniImageNet csv {f} lists no images. Supported layouts: {LAYOUTS}")
     return out
 
