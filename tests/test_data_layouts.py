@@ -273,3 +273,8 @@ def test_miniimagenet_wrong_pickle_content(mini_pickle):
     with open(mini_pickle/PKL['test'], 'wb') as f: pickle.dump({'images': [1, 2]}, f)
     with pytest.raises(ValueError) as e: load_miniimagenet(mini_pickle)
     _check_msg(e, mini_pickle/PKL['test'], MINI_LAYOUTS)
+
+def test_miniimagenet_csv_row_without_label(mini_csv):
+    "A row that is not 'filename,label' names the csv and its line (it was skipped silently)."
+    with open(mini_csv/'train.csv', 'a') as f: f.write('lonely.jpg\n')
+    with pytest.raises(ValueError, match=r"train\.csv, line 14: expected 'filename,label', got 'lonely\.jpg'"): load_miniimagenet(mini_csv)
