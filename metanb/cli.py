@@ -34,6 +34,11 @@ PRESETS = {
                               test_steps=10, outer_lr=1e-3, model_kwargs={}, checkpoints=21, tasks=100, tol=1e-3,
                               variants=('fomaml',), strength=0.1, threads=None, needs_data=True),
 }
+PRESETS['glyphs-overfit'] = dict(  # the paper's regime on the embedded data: MAML meta-overfits (see the table above)
+    dataset='glyphs', data_kwargs={'fonts': 'matplotlib', 'fracs': (0.15, 0.15, 0.7)}, ways=5, shots=1, queries=5, iters=3000, meta_batch=8,
+    inner_lr=0.4, train_steps=1, test_steps=10, outer_lr=1e-3, model_kwargs={'hidden': 32}, checkpoints=13, tasks=16, tol=1e-2,
+    variants=('maml', 'fomaml', 'finetune', 'maml+coherence_step', 'maml+grad_norm'), strength=0.1, threads=1, needs_data=False,
+    val_every=100, val_tasks=100)
 PRESETS['tiny'] = dict(dataset='sinusoid', ways=2, shots=5, queries=10, iters=40, meta_batch=4, inner_lr=0.01, train_steps=1,
                        test_steps=5, outer_lr=1e-3, model_kwargs={'sizes': [1, 16, 16, 1]}, checkpoints=6, tasks=6, tol=1e-2,
                        variants=('maml', 'finetune', 'maml+coherence_step'), strength=0.1, threads=1, needs_data=False)  # for tests: seconds
@@ -210,7 +215,25 @@ def _figures(ckpt, runs:list[Path], fig_dir:Path) -> tuple[list[Path], list[str]
         with np.load(runs[0]/'analysis'/f'step_{last:06d}'/'pairwise.npz') as z: m = z['traj_cosine']
         return plots.plot_cosine_heatmap(m, title=f'{runs[0].name} step {last}: trajectory cosines')
     attempt('trajectory_cosines.png', heat)
+    attempt('learning_curves.png', lambda: plots.plot_learning_curves(_curves(runs)))
     return made, skipped
+
+def _curves(runs:list[Path]):
+    "The runs' learning curves (`metanb.stats.learning_curves`), or a ValueError saying why there are none."
+    from metanb.stats import learning_curves
+    try: return learning_curves(runs)
+    except (OSError, KeyError, ValueError) as e: raise ValueError(f"no learning curves ({e})") from e
+
+def _overfitting_lines(runs:list[Path], out:Path) -> list[str]:
+    "The report's meta-overfitting section (written to overfitting.csv too), when the runs validated during training."
+    from metanb.stats import overfitting
+    try: ov = overfitting(_curves(runs))[1]
+    except ValueError: return []
+    write_text(out/'overfitting.csv', ov.to_csv(index=False))
+    return ['## Meta-overfitting (validation accuracy during training)', '',
+            'Per variant: the peak of each run\'s smoothed validation curve, the mean of its last validations, the drop across seeds '
+            '(t interval) and the seed-to-seed spread of the peak; `overfits` when at least 3 seeds drop by more than that spread.', '',
+            md_table(ov), '']
 
 # %% ../nbs/13_cli.ipynb #3992a850
 def check_analysis(run:Path) -> tuple['pd.DataFrame', list[str]]:
@@ -260,6 +283,7 @@ def write_report(runs:list, # run directories, each analysed (analysis/summary.c
     lines = [f"# {title or 'metanb report'}", '', f"Runs ({len(runs)}): " + ', '.join(f'`{r.name}`' for r in runs), '',
              *(['## Missing: the analysis is incomplete', ''] + [f'- {m}' for m in missing] + [''] if missing else []),
              '## Summary (final checkpoint; mean over seeds, 95% CI)', '', md_table(summ), '',
+             *_overfitting_lines(runs, out),
              '## Claims of the paper', '', md_table(claims.drop(columns=['statement']).assign(claim=claims['claim'] + ': ' + claims['statement'])), '',
              '## Figures', ''] + [f'![{p.stem}](figures/{p.name})' for p in made]
     if skipped: lines += ['', 'Figures left out:', ''] + [f'- {s}' for s in skipped]
@@ -275,7 +299,8 @@ def train_config(s:dict, variant:str, seed:int, device:str='auto'):
     return TrainConfig(algorithm=alg, dataset=s['dataset'], data_path=str(s['data']) if s['data'] else None, n_way=s['ways'],
                        shots=s['shots'], queries=s['queries'], meta_batch=s['meta_batch'], inner_lr=s['inner_lr'],
                        inner_steps_train=s['train_steps'], inner_steps_test=s['test_steps'], outer_lr=s['outer_lr'],
-                       meta_iters=s['iters'], ckpt_every=every, ckpt_log=None, val_every=0, val_tasks=s['tasks'], seed=seed,
+                       meta_iters=s['iters'], ckpt_every=every, ckpt_log=None, val_every=s.get('val_every', 0),
+                       val_tasks=s.get('val_tasks', s['tasks']), seed=seed,
                        device=device, model_kwargs=dict(s['model_kwargs']), data_kwargs=dict(s.get('data_kwargs', {})), regularizer=reg or None,
                        reg_strength=s['strength'] if reg else 0.0, threads=s.get('threads'),
                        workers=s.get('workers') or 1)
@@ -401,7 +426,7 @@ def _mark_missing(rep:Path, missing:list[str]):
                ', '.join(f'`{m}`' for m in missing) + '. Run the same `metanb study` again to finish them.\n')
 
 # %% ../nbs/13_cli.ipynb #390bdc96
-def study(preset:str='quick', # quick (default), omniglot-5w1s, omniglot-20w1s, miniimagenet-5w1s (need --data), tiny (tests)
+def study(preset:str='quick', # quick (default: ~4 min a seed), glyphs-overfit (the paper's regime: MAML meta-overfits; 5 variants, ~17 min a seed), omniglot-5w1s, omniglot-20w1s, miniimagenet-5w1s (need --data), tiny (tests)
           data:str=None, # the dataset folder (omniglot, miniimagenet); for glyphs an optional cache folder
           out:str='runs', # output folder: runs go to OUT/PRESET/VARIANT-sSEED, the report to OUT/PRESET
           seeds:str='0', # seeds, e.g. '0,1,2' or '0-4': one run per seed and variant

@@ -14,11 +14,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from .core import atomic_write
 from .stats import (GENERALIZATION, MEASURES, validate_checkpoints, aggregate_seeds, correlations, ci_text,
-                          checkpoint_wide, variant_summary)
+                          checkpoint_wide, variant_summary, overfitting)
 
 # %% auto #0
-__all__ = ['seed_bands', 'plot_measures_vs_step', 'plot_coherence_vs_accuracy', 'plot_final', 'plot_cosine_heatmap',
-           'save_figure']
+__all__ = ['seed_bands', 'plot_measures_vs_step', 'plot_coherence_vs_accuracy', 'plot_final', 'plot_learning_curves',
+           'plot_cosine_heatmap', 'save_figure']
 
 # %% ../nbs/11_plots.ipynb #dcc14952
 def _hue(ckpt:pd.DataFrame, hue:str|None) -> str:
@@ -141,6 +141,29 @@ def plot_final(ckpt:pd.DataFrame, # per-checkpoint table (variants compared, or 
         ax.errorbar(i, r['mean'], yerr=[[r['mean'] - r['ci_low']], [r['ci_high'] - r['mean']]], fmt='o', ms=8, capsize=5, color=pal[r[g]], zorder=2)
     ax.set(xticks=x, xlabel='', ylabel=f'final {measure}', title=f'final {measure}, mean and {conf:.0%} CI over seeds')
     ax.set_xticklabels(s[g], rotation=20 if len(s) > 3 else 0)
+    return fig
+
+# %% ../nbs/11_plots.ipynb #cb8c44d5
+def plot_learning_curves(curves:pd.DataFrame, # `metanb.stats.learning_curves`
+                         order:Sequence[str]|None=None, # variants left to right (default: table order)
+                         size=(3.4, 2.8), dpi:int=80) -> Figure:
+    "Training and meta-validation accuracy over meta-training, one panel per variant: seeds thin, their mean thick, peaks dotted."
+    if not len(curves): raise ValueError("no learning curves: the runs' train_log.csv have neither acc nor val_acc")
+    vs = list(order) if order is not None else list(dict.fromkeys(curves['variant']))
+    fig, axs = _figure(1, len(vs), size, dpi)
+    col = {'train': '0.55', 'validation': sns.color_palette()[0]}
+    val = curves[curves['split'] == 'validation']
+    peaks = overfitting(curves)[0] if len(val) else None
+    for ax, v in zip(axs[0], vs):
+        d = curves[curves['variant'] == v]
+        for split, g in d.groupby('split'):
+            for _, r in g.groupby('seed'): ax.plot(r['step'], r['acc'], color=col[split], lw=0.6, alpha=0.45)
+            m = g.groupby('step')['acc'].mean()
+            ax.plot(m.index, m.to_numpy(), color=col[split], lw=2, label=f"{split} (mean of {g['seed'].nunique()})")
+        if peaks is not None and len(pk := peaks[peaks['variant'] == v]):
+            ax.scatter(pk['peak_step'], pk['peak'], color=col['validation'], edgecolor='k', s=18, zorder=3, label='validation peak')
+        ax.set(title=v, xlabel='meta-iteration', ylabel='accuracy')
+    axs[0][0].legend(fontsize=7, loc='lower right')
     return fig
 
 # %% ../nbs/11_plots.ipynb #1f46db20

@@ -19,7 +19,8 @@ __all__ = ['TASK_COLUMNS', 'CHECKPOINT_COLUMNS', 'GENERALIZATION', 'MIN_CHECKPOI
            'seeds_needed', 'seed_inference', 'task_draws', 'study_arrays', 'trend_effect', 'assoc_effect',
            'fluct_effect', 'fluct_design', 'window_effect', 'change_effect', 'claim_effects', 'decide', 'peak_start',
            'checkpoint_rows', 'final_effect', 'tost', 'difference', 'claim5_rows', 'paired_effect', 'claim6_rows',
-           'claims_table', 'ci_text', 'study_inputs', 'synthetic_arrays', 'calibration']
+           'claims_table', 'ci_text', 'study_inputs', 'learning_curves', 'overfitting', 'synthetic_arrays',
+           'calibration']
 
 # %% ../nbs/10_stats.ipynb #212b0052
 TASK_COLUMNS = ('run', 'seed', 'step', 'task', 'measure', 'value')
@@ -660,9 +661,10 @@ def paired_effect(fresh:pd.DataFrame, a:str, b:str, n_draws:int=200, seed:int=0)
 
 def claim6_rows(ckpt:pd.DataFrame, fresh:pd.DataFrame|None, pairs, conf:float=0.95, seed:int=0) -> list[dict]:
     "Claim 6: each regularized variant minus its plain variant, paired by seed and task on fresh meta-test tasks."
-    rows = []
+    rows, have = [], set(ckpt['variant']) if 'variant' in ckpt else set()
     for r, p in pairs:
         eff = f'final query_acc on fresh tasks: {r} - {p} (paired by seed and task)'
+        if p not in have: rows.append(_blank('6', f"needs the plain variant {p!r} beside {r!r}, over the same seeds", eff)); continue
         if fresh is None: rows.append(_blank('6', f"needs per-task final accuracies (variant, seed, task, acc) on >= {MIN_FRESH_TASKS} fresh meta-test tasks", eff)); continue
         E, n = paired_effect(fresh, r, p, seed=seed)
         if n < MIN_FRESH_TASKS: rows.append(_blank('6', f"needs >= {MIN_FRESH_TASKS} fresh tasks every seed shares (has {n})", eff)); continue
@@ -738,6 +740,47 @@ def study_inputs(run_dirs:Sequence) -> dict:
         if (d/'analysis'/'tasks.csv').is_file(): tasks.append(pd.read_csv(d/'analysis'/'tasks.csv'))
     every = lambda t: pd.concat(t, ignore_index=True) if t and len(t) == len(run_dirs) else None
     return dict(val=pd.concat(val, ignore_index=True) if val else None, tasks=every(tasks), fresh=every(fresh))
+
+# %% ../nbs/10_stats.ipynb #ce0cf8de
+def learning_curves(run_dirs:Sequence, # run directories (config.json, train_log.csv)
+                    window:int=100, # iterations in the rolling mean of the training accuracy
+                    every:int=10, # keep every `every`-th training step (validation rows are all kept)
+                   ) -> pd.DataFrame:
+    "Training (rolling mean) and meta-validation accuracy of each run: `variant, run, seed, step, split, acc`."
+    from pathlib import Path
+    import json
+    from .analysis import run_identity
+    out = []
+    for d in map(Path, run_dirs):
+        ident, log = run_identity(d, json.loads((d/'config.json').read_text())), pd.read_csv(d/'train_log.csv')
+        if 'acc' in log:
+            tr = log[['step', 'acc']].dropna().assign(acc=lambda t: t['acc'].rolling(window, min_periods=1).mean())
+            out.append(tr[tr['step'] % every == 0].assign(split='train', **ident))
+        if 'val_acc' in log: out.append(log[['step', 'val_acc']].dropna().rename(columns={'val_acc': 'acc'}).assign(split='validation', **ident))
+    cols = ['variant', 'run', 'seed', 'step', 'split', 'acc']
+    return pd.concat(out, ignore_index=True)[cols] if out else pd.DataFrame(columns=cols)
+
+# %% ../nbs/10_stats.ipynb #4345d68f
+def _run_peak(g:pd.DataFrame, smooth:int) -> dict:
+    "Peak of one run's smoothed validation curve, the mean of its last `smooth` validations, and the drop (NaN with < 2 `smooth` validations)."
+    g = g.sort_values('step'); sm = g['acc'].rolling(smooth, center=True).mean().to_numpy()  # full windows only: no edge bias
+    if np.isnan(sm).all(): sm = g['acc'].to_numpy(dtype=float)   # fewer than `smooth` validations
+    i = int(np.nanargmax(sm))
+    end = float(g['acc'].to_numpy()[-smooth:].mean()) if len(g) >= 2 * smooth else np.nan  # too few validations to tell a peak from the end
+    return dict(peak_step=int(g['step'].iloc[i]), peak=float(sm[i]), last_step=int(g['step'].iloc[-1]), end=end, drop=float(sm[i] - end))
+
+def overfitting(curves:pd.DataFrame, # `learning_curves` (only the validation rows are used)
+                smooth:int=3, conf:float=0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Per run: validation peak, end and drop; per variant: the drop across seeds (t interval), the seed spread of the peak, `overfits`."
+    v = curves[curves['split'] == 'validation']
+    if not len(v): raise ValueError("the learning curves have no validation rows: train with val_every > 0 (the glyphs-overfit preset validates every 100 iterations)")
+    per = pd.DataFrame([dict(variant=k[0], run=k[1], seed=k[2], **_run_peak(g, smooth)) for k, g in v.groupby(['variant', 'run', 'seed'], sort=False)])
+    rows = []
+    for var, g in per.groupby('variant', sort=False):
+        m, lo, hi, n = mean_ci(g['drop'], conf); sd = float(g['peak'].std(ddof=1)) if n > 1 else np.nan
+        rows.append(dict(variant=var, runs=n, peak_step=float(g['peak_step'].median()), peak=g['peak'].mean(), end=g['end'].mean(), drop=m,
+                         ci_low=lo, ci_high=hi, peak_sd=sd, overfits=bool(n >= MIN_SEEDS and hi > lo and lo > 0 and m > sd)))
+    return per, pd.DataFrame(rows)
 
 # %% ../nbs/10_stats.ipynb #6a2d1c20
 def synthetic_arrays(k:int, scenario:str, rng, T:int=12, n_tasks:int=20, peak:float=0.6, fluct:float=0.02) -> tuple[dict, dict, np.ndarray]:
