@@ -85,6 +85,24 @@ def test_unknown_command_and_usage(tmp_path):
     assert r.returncode == 0 and 'study' in r.stdout and 'report' in r.stdout
 
 
+def test_overfit_preset_end_to_end(tmp_path):
+    "The paper's-regime preset at a tiny size: it validates during training, and the report has its learning curves."
+    r = metanb('study', '--help', tmp_path=tmp_path)
+    assert r.returncode == 0 and 'glyphs-overfit' in r.stdout
+    r = metanb('study', '--preset', 'glyphs-overfit', '--iters', '30', '--checkpoints', '3', '--tasks', '2', '--variants', 'maml',
+               '--out', tmp_path/'runs', '--quiet', tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = tmp_path/'runs'/'glyphs-overfit'
+    cfg = json.loads((study/'maml-s0'/'config.json').read_text())
+    assert (cfg['val_every'], cfg['data_kwargs']['fracs']) == (100, [0.15, 0.15, 0.7])
+    import pandas as pd
+    assert pd.read_csv(study/'maml-s0'/'train_log.csv')['val_acc'].notna().sum() == 2   # step 0 and the last
+    md = (study/'report.md').read_text()
+    assert '## Meta-overfitting' in md and '![learning_curves](figures/learning_curves.png)' in md
+    ov = pd.read_csv(study/'overfitting.csv')
+    assert list(ov['variant']) == ['maml'] and not ov['overfits'].any()   # two validations cannot show a peak and a fall
+
+
 def test_study_end_to_end(tmp_path):
     r = metanb('study', '--preset', 'tiny', '--out', tmp_path/'runs', '--quiet', tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
