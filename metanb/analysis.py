@@ -20,12 +20,13 @@ from .maml import adapt, forward, task_loss, accuracy, resolve_batching, evaluat
 from .coherence import pairwise_cosine, gram, support_gradients
 from .hessian import bn_context, make_batch_loss_fn, batch_top_eigenvalue, batch_hutchinson_trace, BN_MODES
 from .stats import aggregate_tasks, validate_tasks, validate_checkpoints, TASK_COLUMNS, CHECKPOINT_COLUMNS
-from .runs import ckpt_path, read_checkpoint_file, RunLock, clean_tmp, list_checkpoints, read_config, inner_settings, model_from_config, task_family_from_config
+from .runs import ckpt_path, read_checkpoint_file, RunLock, clean_tmp, list_checkpoints, read_config, inner_settings, model_from_config, task_family_from_config, read_log, LOG
 
 # %% auto #0
-__all__ = ['STEP_FILES', 'FRESH', 'FRESH_SEED', 'AnalysisConfig', 'adapt_tasks', 'offdiag_mean', 'coherence_ci',
+__all__ = ['STEP_FILES', 'FRESH', 'FRESH_PEAK', 'FRESH_SEED', 'AnalysisConfig', 'adapt_tasks', 'offdiag_mean', 'coherence_ci',
            'measure_checkpoint', 'task_table', 'checkpoint_table', 'file_sha256', 'load_params', 'run_identity',
-           'step_dir', 'cached_step', 'analyse_checkpoint', 'analyse_run', 'collect', 'load_analysis', 'fresh_tasks']
+           'step_dir', 'cached_step', 'analyse_checkpoint', 'analyse_run', 'collect', 'load_analysis',
+           'peak_checkpoint', 'fresh_tasks']
 
 # %% ../nbs/09_analysis.ipynb #657d30bc
 @dataclass
@@ -334,18 +335,32 @@ def load_analysis(run_dir:str|Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return validate_tasks(pd.read_csv(a/'tasks.csv')), validate_checkpoints(pd.read_csv(a/'summary.csv'))
 
 # %% ../nbs/09_analysis.ipynb #118dacee
-FRESH, FRESH_SEED = 'fresh_tasks.csv', 1_000_003
+FRESH, FRESH_PEAK, FRESH_SEED = 'fresh_tasks.csv', 'fresh_tasks_peak.csv', 1_000_003
+
+def peak_checkpoint(run_dir:str|Path) -> int|None:
+    "The first checkpoint at or after the run's meta-validation accuracy peak (`train_log.csv`); None without a validation curve."
+    steps = list_checkpoints(run_dir)
+    if not steps or not (Path(run_dir)/LOG).is_file() or 'val_acc' not in (log := read_log(run_dir)): return None
+    v = log[log['step'] <= steps[-1]].dropna(subset=['val_acc'])
+    if not len(v): return None
+    peak = int(v.loc[v['val_acc'].idxmax(), 'step'])   # the same rule as `metanb.stats.peak_start`
+    return next(s for s in steps if s >= peak)
 
 def fresh_tasks(run_dir:str|Path, # a run directory
                 n_tasks:int=600, # fresh meta-test tasks
                 seed:int=FRESH_SEED, # their stream: the same for every run, used by no other measurement
                 chunk:int=100, # tasks evaluated at once
-                device='cpu', batching:str='auto', force:bool=False) -> pd.DataFrame:
-    "Per-task query loss (and accuracy) of the run's final checkpoint on fresh meta-test tasks, cached in `analysis/fresh_tasks.csv`."
+                device='cpu', batching:str='auto', force:bool=False,
+                at:str='final', # 'final': the last checkpoint (`analysis/fresh_tasks.csv`); 'peak': the one at the validation peak (`fresh_tasks_peak.csv`)
+               ) -> pd.DataFrame:
+    "Per-task query loss (and accuracy) of the run's final (or validation-peak) checkpoint on fresh meta-test tasks, cached."
     run_dir, config = Path(run_dir), read_config(run_dir)
     steps = list_checkpoints(run_dir)
     if not steps: raise FileNotFoundError(f"{run_dir/'checkpoints'} holds no checkpoints: train the run first")
-    path, step, inner = run_dir/'analysis'/FRESH, steps[-1], inner_settings(config, 'test')
+    if at not in ('final', 'peak'): raise ValueError(f"at={at!r}: use 'final' or 'peak'")
+    step = steps[-1] if at == 'final' else peak_checkpoint(run_dir)
+    if step is None: raise ValueError(f"{run_dir} has no validation curve (val_acc in {LOG}): fresh tasks at the peak need a run trained with val_every > 0")
+    path, inner = run_dir/'analysis'/(FRESH if at == 'final' else FRESH_PEAK), inner_settings(config, 'test')
     key = dict(step=step, sha=file_sha256(ckpt_path(run_dir, step)), n_tasks=n_tasks, seed=seed, **inner)
     meta = path.with_suffix('.json')
     if not force and path.is_file() and meta.is_file() and json.loads(meta.read_text()) == key: return pd.read_csv(path)

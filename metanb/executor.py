@@ -24,15 +24,18 @@ class Job:
     device:str='cpu' # where it runs
     threads:int|None=None # torch threads of the analysis (training takes the settings')
     force:bool=False # recompute cached analyses
-    fresh:int=0 # fresh meta-test tasks scored at the final checkpoint (`metanb.analysis.fresh_tasks`; 0: none)
+    fresh:int=0 # fresh meta-test tasks scored at the final checkpoint, and at the validation peak when the settings validate (`metanb.analysis.fresh_tasks`; 0: none)
 
     @property
     def name(self) -> str: return Path(self.run_dir).name
     @property
+    def validates(self) -> bool: "Whether its training records meta-validation curves (then the fresh tasks score the peak too)."; return bool((self.settings or {}).get('val_every'))
+    @property
     def log(self) -> Path: return Path(self.run_dir).parent/'logs'/f'{self.name}.log'
     def key(self) -> str:
         "What the job computes (everything but where): a finished run with the same key is skipped."
-        d = dict(settings=self.settings, variant=self.variant, seed=self.seed, analysis=dataclasses.asdict(self.analysis), **({'fresh': self.fresh} if self.fresh else {}))
+        d = dict(settings=self.settings, variant=self.variant, seed=self.seed, analysis=dataclasses.asdict(self.analysis), **({'fresh': self.fresh} if self.fresh else {}),
+                 **({'fresh_at': ['final', 'peak']} if self.fresh and self.validates else {}))
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
     def done(self) -> bool:
         "Whether this job already ran to its end (its run holds `job.json` with this key)."
@@ -71,6 +74,7 @@ def run_job(job:Job, # the job
                 if job.fresh and cli._main_rank():
                     from metanb.analysis import fresh_tasks
                     fresh_tasks(d, job.fresh, device=job.device, force=job.force)
+                    if job.validates: fresh_tasks(d, job.fresh, device=job.device, force=job.force, at='peak')
         except BaseException as e:  # in the log always; on the terminal only a bug's (an expected failure is one line, see metanb.cli)
             if redirect or os.environ.get('METANB_DEBUG', '0') not in ('', '0') or not (isinstance(e, KeyboardInterrupt) or cli.expected_error(e)): traceback.print_exc()
             raise

@@ -18,9 +18,9 @@ __all__ = ['TASK_COLUMNS', 'CHECKPOINT_COLUMNS', 'GENERALIZATION', 'MIN_CHECKPOI
            'aggregate_seeds', 'final_values', 'variant_summary', 'variant_difference', 'spearman_last', 'holm',
            'seeds_needed', 'seed_inference', 'task_draws', 'study_arrays', 'trend_effect', 'assoc_effect',
            'fluct_effect', 'fluct_design', 'window_effect', 'change_effect', 'claim_effects', 'decide', 'peak_start',
-           'checkpoint_rows', 'final_effect', 'tost', 'difference', 'claim5_rows', 'paired_effect', 'claim6_rows',
-           'claims_table', 'ci_text', 'study_inputs', 'learning_curves', 'overfitting', 'synthetic_arrays',
-           'calibration']
+           'checkpoint_rows', 'final_effect', 'tost', 'difference', 'claim5_rows', 'paired_effect', 'premise_row',
+           'claim6_rows', 'claims_table', 'ci_text', 'study_inputs', 'learning_curves', 'overfitting',
+           'synthetic_arrays', 'calibration']
 
 # %% ../nbs/10_stats.ipynb #212b0052
 TASK_COLUMNS = ('run', 'seed', 'step', 'task', 'measure', 'value')
@@ -659,6 +659,16 @@ def paired_effect(fresh:pd.DataFrame, a:str, b:str, n_draws:int=200, seed:int=0)
     idx = np.random.default_rng(seed).integers(len(D), size=(n_draws, len(D)))
     V = D.to_numpy(); return np.concatenate([V.mean(0)[None], V[idx].mean(1)]), len(D)
 
+def premise_row(fresh:pd.DataFrame, fresh_peak:pd.DataFrame, base:str, conf:float=0.95, seed:int=0) -> dict|None:
+    "Claim 2's premise on fresh tasks: accuracy at the final checkpoint minus at the validation-peak one, paired by seed and task (None: no such runs)."
+    f = pd.concat([t[t['variant'] == base].assign(variant=w) for t, w in ((fresh, 'final'), (fresh_peak, 'peak'))], ignore_index=True)
+    if set(f['variant']) != {'final', 'peak'}: return None
+    E, n = paired_effect(f, 'final', 'peak', seed=seed)
+    if n < MIN_FRESH_TASKS: return None
+    inf = seed_inference(E, -1, conf, seed=seed)
+    return _measured('2 premise', inf, -1, _spread(inf), bounds=None,
+                     effect=f'query_acc on {n} fresh tasks: final checkpoint - the one at the validation peak (paired by seed and task; premise: < 0)')
+
 def claim6_rows(ckpt:pd.DataFrame, fresh:pd.DataFrame|None, pairs, conf:float=0.95, seed:int=0) -> list[dict]:
     "Claim 6: each regularized variant minus its plain variant, paired by seed and task on fresh meta-test tasks."
     rows, have = [], set(ckpt['variant']) if 'variant' in ckpt else set()
@@ -702,12 +712,15 @@ def claims_table(ckpt:pd.DataFrame|Sequence[pd.DataFrame], # per-checkpoint tabl
                  regularized:str|Sequence[str]|None=None, # claim 6 variants 'X+reg' (default: all with '+')
                  val:pd.DataFrame|None=None, # validation curves (run, step, val_acc): claim 2 and the post-peak rows
                  fresh:pd.DataFrame|None=None, # final accuracies on fresh meta-test tasks (variant, seed, task, acc): claim 6
+                 fresh_peak:pd.DataFrame|None=None, # the same tasks at each run's validation-peak checkpoint: claim 2's premise
                  tasks:pd.DataFrame|None=None, # per-task table: task noise by resampling the meta-test tasks (else from the CIs)
                  conf:float=0.95, alpha:float=ALPHA, margin:float=FT_MARGIN, seed:int=0, **kw) -> pd.DataFrame:
     "One row per claim (and context rows): across-seed effect, multi-bootstrap CI, raw and Holm p, verdict and what a decision needs."
     ckpt = validate_checkpoints(ckpt if isinstance(ckpt, pd.DataFrame) else pd.concat(list(ckpt), ignore_index=True))
     b = _pick_base(ckpt, base, finetune)
     rows = checkpoint_rows(ckpt if b is None else ckpt[ckpt['variant'] == b], val, conf, seed=seed, tasks=tasks)
+    if b is not None and fresh is not None and fresh_peak is not None and (pr := premise_row(fresh, fresh_peak, b, conf, seed)) is not None:
+        rows = [pr if r['row'] == '2 premise' else r for r in rows]   # fresh tasks, paired: far less noise than the analysis tasks
     rows += claim5_rows(ckpt, b, finetune, margin, conf, seed)
     pairs = _regularized(ckpt, regularized)
     rows += claim6_rows(ckpt, fresh, pairs, conf, seed) if pairs else [_blank('6', "needs a regularized variant ('X+reg' next to a plain 'X')", 'final query_acc: regularized - plain')]
@@ -725,10 +738,10 @@ def ci_text(lo:float, hi:float, interval:str='') -> str:
     return f"[{lo:.3g}, {hi:.3g}]" + (f" ({interval})" if interval else '')
 
 def study_inputs(run_dirs:Sequence) -> dict:
-    "Optional inputs of `claims_table` from run directories: `val` (train_log.csv), `tasks` (analysis/tasks.csv) and `fresh` (analysis/fresh_tasks.csv), each when every run has it."
+    "Optional inputs of `claims_table` from run directories: `val` (train_log.csv), `tasks` (analysis/tasks.csv), `fresh` and `fresh_peak` (analysis/fresh_tasks*.csv), each when every run has it."
     from pathlib import Path
     import json
-    val, fresh, tasks = [], [], []
+    val, fresh, peak, tasks = [], [], [], []
     for d in map(Path, run_dirs):
         cfg = json.loads((d/'config.json').read_text()) if (d/'config.json').is_file() else {}
         if (d/'train_log.csv').is_file():
@@ -737,9 +750,10 @@ def study_inputs(run_dirs:Sequence) -> dict:
         if (d/'analysis'/'fresh_tasks.csv').is_file():
             f = pd.read_csv(d/'analysis'/'fresh_tasks.csv')
             if 'acc' in f: fresh.append(f)   # classification; a regression run's table has only the loss
+        if (d/'analysis'/'fresh_tasks_peak.csv').is_file() and 'acc' in (f := pd.read_csv(d/'analysis'/'fresh_tasks_peak.csv')): peak.append(f)
         if (d/'analysis'/'tasks.csv').is_file(): tasks.append(pd.read_csv(d/'analysis'/'tasks.csv'))
     every = lambda t: pd.concat(t, ignore_index=True) if t and len(t) == len(run_dirs) else None
-    return dict(val=pd.concat(val, ignore_index=True) if val else None, tasks=every(tasks), fresh=every(fresh))
+    return dict(val=pd.concat(val, ignore_index=True) if val else None, tasks=every(tasks), fresh=every(fresh), fresh_peak=every(peak))
 
 # %% ../nbs/10_stats.ipynb #ce0cf8de
 def learning_curves(run_dirs:Sequence, # run directories (config.json, train_log.csv)
