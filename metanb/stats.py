@@ -767,7 +767,7 @@ def learning_curves(run_dirs:Sequence, # run directories (config.json, train_log
     "Training (rolling mean) and meta-validation accuracy of each run: `variant, run, seed, step, split, acc`."
     from pathlib import Path
     import json
-    from .analysis import run_identity
+    from metanb.analysis import run_identity
     out = []
     for d in map(Path, run_dirs):
         ident, log = run_identity(d, json.loads((d/'config.json').read_text())), pd.read_csv(d/'train_log.csv')
