@@ -627,7 +627,7 @@ def _(ctx):
 @case('SIGINT during analyze', 'faults')
 def _(ctx):
     run = ctx.run_copy('trained')
-    p = ctx.popen('analyze', run, '--tasks', 40, '--tol', 1e-4, '--quiet')
+    p = ctx.popen('analyze', run, '--tasks', 200, '--tol', 1e-4, '--quiet')  # slow enough to be interrupted mid-analysis
     t0 = time.monotonic()
     while not (run/'analysis').exists() and p.poll() is None and time.monotonic() - t0 < 120: time.sleep(0.01)
     time.sleep(1.0); p.send_signal(signal.SIGINT)

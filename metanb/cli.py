@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_cli.ipynb #bdb00bb7
 from __future__ import annotations
-import sys, os, json, math, time, argparse, inspect, errno
+import sys, os, json, math, time, argparse, inspect, errno, signal
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -737,7 +737,9 @@ def _torchrun_one_line(nproc:int, argv:list[str]) -> int:
 
 def main():
     "The `metanb` console script."
-    sys.exit(run_command(sys.argv[1:]))
+    rc = run_command(sys.argv[1:])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # done (or reported): a Ctrl-C during interpreter teardown must not become a silent kill
+    sys.exit(rc)
 
 # %% ../nbs/13_cli.ipynb #58c1bf80
 if __name__ == '__main__' and '__file__' in globals() and 'ipykernel' not in sys.modules: main()  # python -m metanb.cli

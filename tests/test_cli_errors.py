@@ -65,6 +65,14 @@ def test_ctrl_c_is_one_line_130(env, capsys, monkeypatch):
     _one_line(code, err, 'interrupted', status=130)
 
 
+def test_ctrl_c_after_the_work_is_ignored():
+    "Once the command has finished, a Ctrl-C during interpreter teardown must not kill it silently (exit -2 with no message)."
+    code = ("import signal, sys\nfrom metanb import cli\nsys.argv = ['metanb', '--help']\n"
+            "try: cli.main()\nexcept SystemExit as e: print('RESULT', e.code, signal.getsignal(signal.SIGINT) == signal.SIG_IGN)")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip().splitlines()[-1] == 'RESULT 0 True', r.stdout + r.stderr
+
+
 def test_disk_full_is_one_line_naming_the_file(env, capsys, monkeypatch):
     "ENOSPC, even wrapped (torch.save reports it as a RuntimeError), is one line naming the file."
     import metanb.cli as cli
