@@ -19,7 +19,7 @@ from .tasks import TaskBatch
 from .maml import adapt, forward, task_loss, accuracy, resolve_batching, evaluate, check_params
 from .coherence import pairwise_cosine, gram, support_gradients
 from .hessian import bn_context, make_batch_loss_fn, batch_top_eigenvalue, batch_hutchinson_trace, BN_MODES
-from .stats import aggregate_tasks, validate_tasks, validate_checkpoints, TASK_COLUMNS, CHECKPOINT_COLUMNS
+from .stats import aggregate_tasks, validate_tasks, validate_checkpoints, peak_start, TASK_COLUMNS, CHECKPOINT_COLUMNS
 from .runs import ckpt_path, read_checkpoint_file, RunLock, clean_tmp, list_checkpoints, read_config, inner_settings, model_from_config, task_family_from_config, read_log, LOG
 
 # %% auto #0
@@ -341,10 +341,8 @@ def peak_checkpoint(run_dir:str|Path) -> int|None:
     "The first checkpoint at or after the run's meta-validation accuracy peak (`train_log.csv`); None without a validation curve."
     steps = list_checkpoints(run_dir)
     if not steps or not (Path(run_dir)/LOG).is_file() or 'val_acc' not in (log := read_log(run_dir)): return None
-    v = log[log['step'] <= steps[-1]].dropna(subset=['val_acc'])
-    if not len(v): return None
-    peak = int(v.loc[v['val_acc'].idxmax(), 'step'])   # the same rule as `metanb.stats.peak_start`
-    return next(s for s in steps if s >= peak)
+    v = log[log['step'] <= steps[-1]].dropna(subset=['val_acc']).assign(run='run')
+    return steps[peak_start(v, pd.DataFrame(dict(run=['run'])), np.asarray(steps))[0]] if len(v) else None   # the claims' own rule
 
 def fresh_tasks(run_dir:str|Path, # a run directory
                 n_tasks:int=600, # fresh meta-test tasks
