@@ -765,12 +765,11 @@ def learning_curves(run_dirs:Sequence, # run directories (config.json, train_log
                     every:int=10, # keep every `every`-th training step (validation rows are all kept)
                    ) -> pd.DataFrame:
     "Training (rolling mean) and meta-validation accuracy of each run: `variant, run, seed, step, split, acc`."
-    from pathlib import Path
-    import json
+    from metanb.runs import read_config, read_log
     from metanb.analysis import run_identity
     out = []
-    for d in map(Path, run_dirs):
-        ident, log = run_identity(d, json.loads((d/'config.json').read_text())), pd.read_csv(d/'train_log.csv')
+    for d in run_dirs:
+        ident, log = run_identity(d, read_config(d)), read_log(d)
         if 'acc' in log:
             tr = log[['step', 'acc']].dropna().assign(acc=lambda t: t['acc'].rolling(window, min_periods=1).mean())
             out.append(tr[tr['step'] % every == 0].assign(split='train', **ident))
