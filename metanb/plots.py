@@ -18,7 +18,7 @@ from .stats import (GENERALIZATION, MEASURES, validate_checkpoints, aggregate_se
 
 # %% auto #0
 __all__ = ['seed_bands', 'plot_measures_vs_step', 'plot_coherence_vs_accuracy', 'plot_final', 'plot_learning_curves',
-           'plot_cosine_heatmap', 'save_figure']
+           'plot_cosine_heatmap', 'save_figure', 'png_thumbnail']
 
 # %% ../nbs/11_plots.ipynb #dcc14952
 def _hue(ckpt:pd.DataFrame, hue:str|None) -> str:
@@ -195,3 +195,15 @@ def save_figure(fig:Figure, path:str|Path, # '.png', '.pdf', '.svg', ...: the fo
     if fmt not in ok: raise ValueError(f"cannot save a figure as {path.name!r}: use one of the suffixes {sorted('.' + f for f in ok)}")
     with atomic_write(path, 'wb') as f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches='tight', **kw)
     return path
+
+# %% ../nbs/11_plots.ipynb #6e756b80
+def png_thumbnail(fig:Figure|str|Path, # a figure, or the path of a PNG (e.g. one of a report's figures)
+                  width:int=760, colors:int=160) -> bytes:
+    "PNG bytes of `fig` scaled to `width` pixels with a `colors`-colour palette (for notebooks that keep their outputs)."
+    import io
+    from PIL import Image
+    if isinstance(fig, (str, Path)): src = io.BytesIO(Path(fig).read_bytes())
+    else: src = io.BytesIO(); fig.savefig(src, format='png', dpi=100); src.seek(0)
+    im = Image.open(src).convert('RGB'); im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
+    out = io.BytesIO(); im.quantize(colors, method=Image.Quantize.MEDIANCUT).save(out, 'PNG', optimize=True)
+    return out.getvalue()
