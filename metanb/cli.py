@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from fastcore.script import anno_parser, Param, store_true
+from fastcore.meta import delegates
 from .core import get_device, write_text, torch_threads
 GENERALIZATION = 'query_acc'  # = metanb.stats.GENERALIZATION (pandas, the stats and the plots are imported when used: `metanb --help` stays quick)
 
@@ -383,8 +384,16 @@ def _fresh(dirs:list[Path], option:str='--no_resume'):
     _need(not taken, option, f"{taken[0]} already exists: remove it, or choose another --out (nothing is deleted)")
 
 # %% ../nbs/13_cli.ipynb #4bae0c75
-def _check_executor(executor:str, parallel:int|None=None, partition:str|None=None, time_min:int=60, cpus:int|None=None, gpus:int=0,
-                    mem_gb:float|None=None, max_parallel:int|None=None, sbatch:str|None=None):
+def _check_executor(executor:str='local', # local (worker processes, one run each), slurm (a submitit job array) or inline (this process, one run after another)
+                    parallel:int=None, # local: runs at once (default: the cores over the threads per run)
+                    partition:str=None, # slurm: the partition (default: the cluster's)
+                    time_min:int=60, # slurm: time limit per run, minutes (>= 3)
+                    cpus:int=None, # slurm: CPUs per run (default: the threads per run)
+                    gpus:int=0, # slurm: GPUs per run
+                    mem_gb:float=None, # slurm: memory per run, GB
+                    max_parallel:int=None, # slurm: at most this many runs at once
+                    sbatch:str=None, # slurm: extra sbatch flags, e.g. '--qos=high --account=lab'
+                   ):
     "The executor's name and its `SlurmOptions`, every option checked (`OptionError`); under torchrun, inline (every rank runs each job)."
     from metanb.executor import EXECUTORS, SlurmOptions
     ex = str(executor).strip().lower()
@@ -426,6 +435,7 @@ def _mark_missing(rep:Path, missing:list[str]):
                ', '.join(f'`{m}`' for m in missing) + '. Run the same `metanb study` again to finish them.\n')
 
 # %% ../nbs/13_cli.ipynb #390bdc96
+@delegates(_check_executor)  # the executor's options are declared once, with their help, on `_check_executor`
 def study(preset:str='quick', # quick (default: ~4 min a seed), glyphs-overfit (the paper's regime: MAML meta-overfits; 5 variants, ~17 min a seed), omniglot-5w1s, omniglot-20w1s, miniimagenet-5w1s (need --data), tiny (tests)
           data:str=None, # the dataset folder (omniglot, miniimagenet); for glyphs an optional cache folder
           out:str='runs', # output folder: runs go to OUT/PRESET/VARIANT-sSEED, the report to OUT/PRESET
@@ -445,15 +455,7 @@ def study(preset:str='quick', # quick (default: ~4 min a seed), glyphs-overfit (
           workers:int=None, # task threads in meta-training on a CPU, one torch thread each (default 1; pays off with several inner steps)
           no_resume:store_true=False, # refuse to continue existing runs (default: resume them; finished work is never redone)
           quiet:store_true=False, # no progress bars
-          executor:str='local', # local (worker processes, one run each), slurm (a submitit job array) or inline (this process, one run after another)
-          parallel:int=None, # local: runs at once (default: the cores over the threads per run)
-          partition:str=None, # slurm: the partition (default: the cluster's)
-          time_min:int=60, # slurm: time limit per run, minutes (>= 3)
-          cpus:int=None, # slurm: CPUs per run (default: the threads per run)
-          gpus:int=0, # slurm: GPUs per run
-          mem_gb:float=None, # slurm: memory per run, GB
-          max_parallel:int=None, # slurm: at most this many runs at once
-          sbatch:str=None, # slurm: extra sbatch flags, e.g. '--qos=high --account=lab'
+          **kwargs, # the executor's options (declared once, with their help, on `_check_executor`)
          ):
     "Train every variant and seed, analyse every checkpoint, and write the report: the one-command study."
     s = resolve_settings(preset, data, iters=iters, meta_batch=meta_batch, ways=ways, shots=shots, queries=queries, tasks=tasks,
@@ -463,13 +465,13 @@ def study(preset:str='quick', # quick (default: ~4 min a seed), glyphs-overfit (
     root = _study_dir(check_out(out), s)
     runs = [(v, seed, _run_dir(root, v, seed)) for v in vs for seed in sd]
     dirs = [d for *_, d in runs]
-    ex, sl = _check_executor(executor, parallel, partition, time_min, cpus, gpus, mem_gb, max_parallel, sbatch)
+    ex, sl = _check_executor(**kwargs)
     if no_resume: _fresh(dirs)
     t0 = time.perf_counter()
     _say(f"metanb study: preset {preset}, variants {', '.join(vs)}, seeds {sd} -> {root} ({ex} executor)")
     from metanb.executor import Job
     jobs = [Job(str(d), analysis_config(s, dev), s, v, seed, dev, s.get('threads'), fresh=s.get('fresh', FRESH_TASKS)) for v, seed, d in runs]
-    dirs, missing = _run_study_jobs(jobs, ex, parallel, sl, quiet)
+    dirs, missing = _run_study_jobs(jobs, ex, kwargs.get('parallel'), sl, quiet)
     if not _main_rank(): return None
     rep = write_report(dirs, root, title=f'metanb study: {preset}')
     if missing: _mark_missing(rep, missing)
@@ -535,6 +537,7 @@ def _config_ok(f:Path, option:str):
     except (ValueError, UnicodeDecodeError) as e: raise OptionError(option, f"{f} is not valid JSON ({e}): restore it, or train the run again") from None
     _need(isinstance(c, dict), option, f"{f} must hold a JSON object (the run's settings), got {type(c).__name__}")
 
+@delegates(_check_executor)
 def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
             tasks:int=20, # meta-test tasks per checkpoint
             seed:int=1234, # seed of the meta-test task family (the same tasks at every checkpoint)
@@ -547,15 +550,7 @@ def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
             threads:int=None, # torch threads (default: torch's)
             force:store_true=False, # recompute cached checkpoints
             quiet:store_true=False, # no progress bar
-            executor:str='local', # local (worker processes, one run each), slurm (a submitit job array) or inline (this process, one run after another)
-            parallel:int=None, # local: runs at once (default: the cores over the threads per run)
-            partition:str=None, # slurm: the partition (default: the cluster's)
-            time_min:int=60, # slurm: time limit per run, minutes (>= 3)
-            cpus:int=None, # slurm: CPUs per run (default: the threads per run)
-            gpus:int=0, # slurm: GPUs per run
-            mem_gb:float=None, # slurm: memory per run, GB
-            max_parallel:int=None, # slurm: at most this many runs at once
-            sbatch:str=None, # slurm: extra sbatch flags, e.g. '--qos=high --account=lab'
+              **kwargs, # the executor's options (declared once, with their help, on `_check_executor`)
            ):
     "Analyse every checkpoint of each run (cached: a re-run computes only what changed)."
     from metanb.analysis import AnalysisConfig
@@ -565,10 +560,10 @@ def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
     check_number(tol, '--tol', 0, 1, open_lo=True); check_number(threads, '--threads', 1, integer=True)
     _need(bn_mode in ('batch', 'running'), '--bn_mode', f"must be 'batch' or 'running', got {bn_mode!r}")
     cfg = AnalysisConfig(n_tasks=tasks, seed=seed, steps=steps, tol=tol, hessian=not no_hessian, trace=trace, bn_mode=bn_mode, device=check_device(device))
-    ex, sl = _check_executor(executor, parallel, partition, time_min, cpus, gpus, mem_gb, max_parallel, sbatch)
+    ex, sl = _check_executor(**kwargs)
     from metanb.executor import Job
     jobs = [Job(str(d), cfg, threads=threads, force=force) for d in dirs]
-    ok, missing = _run_study_jobs(jobs, ex, parallel, sl, quiet)
+    ok, missing = _run_study_jobs(jobs, ex, kwargs.get('parallel'), sl, quiet)
     for d in ok: _say(f"analysis: {d/'analysis'/'summary.csv'}")
     if missing: _incomplete(missing, len(jobs))
 
