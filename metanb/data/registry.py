@@ -4,12 +4,13 @@
 
 # %% ../../nbs/01d_data.registry.ipynb #c42fa31a
 from __future__ import annotations
-import os, importlib, inspect
+import os, importlib, inspect, dataclasses
+import numpy as np
 from typing import Callable
 from ..tasks import ImageClasses
 
 # %% auto #0
-__all__ = ['DATASETS', 'NEEDS_PATH', 'register_dataset', 'load_dataset']
+__all__ = ['DATASETS', 'NEEDS_PATH', 'register_dataset', 'limit_train_classes', 'load_dataset']
 
 # %% ../../nbs/01d_data.registry.ipynb #07657c87
 DATASETS = {
@@ -32,10 +33,20 @@ def _loader(name:str) -> Callable:
         mod, fn = f.split(':'); f = getattr(importlib.import_module(mod), fn)
     return f
 
+# %% ../../nbs/01d_data.registry.ipynb #7a1c2e90
+def limit_train_classes(d:ImageClasses, k:int, seed:int=0) -> ImageClasses:
+    "`d` with only `k` of its meta-train classes (a fixed seeded choice: a smaller `k` keeps a subset); val and test unchanged."
+    tr = list(d.splits['train'])
+    if isinstance(k, bool) or int(k) != k or not 1 <= k <= len(tr):
+        raise ValueError(f"train_classes must be an integer in [1, {len(tr)}] (the dataset's meta-train classes), got {k!r}")
+    keep = sorted(tr[i] for i in np.random.default_rng(seed).permutation(len(tr))[:int(k)])
+    return dataclasses.replace(d, splits={**d.splits, 'train': keep}, meta={**d.meta, 'train_classes': int(k)})
+
 # %% ../../nbs/01d_data.registry.ipynb #d92aa918
 def load_dataset(name:str, # 'glyphs', 'omniglot', 'miniimagenet' or a registered name
                  path=None, # glyphs: cache folder; real datasets: the local copy (default $METANB_<NAME>)
                  progress:bool|None=None, # a progress bar while loading (rendering), for loaders that have one; None: the loader's default
+                 train_classes:int|None=None, # keep only this many meta-train classes (`limit_train_classes`); None: all
                  **kw) -> ImageClasses:
     "Load the class -> images dataset `name` as `ImageClasses`; extra keywords go to its loader."
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}: use one of {sorted(DATASETS)} (or register_dataset)")
@@ -45,4 +56,5 @@ def load_dataset(name:str, # 'glyphs', 'omniglot', 'miniimagenet' or a registere
                          f"or set the environment variable METANB_{name.upper()} (its layouts: the docs page metanb.data.{name})")
     f = _loader(name)
     if progress is not None and 'progress' in inspect.signature(f).parameters: kw['progress'] = progress
-    return f(path, **kw)
+    d = f(path, **kw)
+    return d if train_classes is None else limit_train_classes(d, train_classes)
