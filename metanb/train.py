@@ -18,7 +18,7 @@ from .runs import (write_config, read_config, list_checkpoints, load_checkpoint,
                          model_from_config, task_family_from_config, load_data, RunLock, clean_tmp, CKPT_DIR)
 
 # %% auto #0
-__all__ = ['ALGORITHMS', 'RESUMABLE', 'TrainConfig', 'checkpoint_steps', 'resolve_model', 'mean_ci', 'validate',
+__all__ = ['ALGORITHMS', 'RESUMABLE', 'TrainConfig', 'checkpoint_steps', 'resolve_model', 'mean_halfwidth', 'validate',
            'finetune_images', 'meta_test_params', 'check_finite', 'run_config', 'Trainer', 'train']
 
 # %% ../nbs/04_train.ipynb #7f7c9932
@@ -112,7 +112,7 @@ def resolve_model(cfg:TrainConfig, data:ImageClasses|None=None) -> tuple[str, di
     return name, kw
 
 # %% ../nbs/04_train.ipynb #ab7b56c1
-def mean_ci(x:Tensor) -> tuple[float, float]:
+def mean_halfwidth(x:Tensor) -> tuple[float, float]:
     "Mean and 95% confidence half-width $1.96\\,s/\\sqrt n$ of the values `x`."
     x = x.double().flatten()
     return x.mean().item(), (1.96 * x.std().item() / math.sqrt(len(x))) if len(x) > 1 else math.nan
@@ -123,7 +123,7 @@ def validate(model:nn.Module, params:Params, batches:list, *, steps:int, lr:floa
     out = {}
     for k in ev[0]:
         if k == 'support_loss': continue
-        out[f'val_{k}'], out[f'val_{k}_ci95'] = mean_ci(torch.cat([e[k] for e in ev]))
+        out[f'val_{k}'], out[f'val_{k}_ci95'] = mean_halfwidth(torch.cat([e[k] for e in ev]))
     return out
 
 # %% ../nbs/04_train.ipynb #cdc7795e
