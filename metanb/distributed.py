@@ -11,18 +11,17 @@ from typing import Callable, Iterable
 import torch, torch.distributed as dist, torch.multiprocessing as mp
 from torch import Tensor
 from .core import Params, get_device, flatten, unflatten, zeros_like, torch_threads
-from .tasks import TaskBatch, TaskLoader
+from .tasks import TaskBatch
 from .maml import meta_grad
-from .runs import TrainLog, load_data, list_checkpoints
-from .train import (TrainConfig, train, checkpoint_steps, check_finite, _Trainer, _start, _loop, _progress, _regularizer,
-                    _rng_state, _set_rng_state)
+from .runs import load_data, list_checkpoints
+from .train import TrainConfig, Trainer, train
 
 # %% auto #0
 __all__ = ['BACKENDS', 'world', 'is_main', 'barrier', 'resolve_backend', 'rank_device', 'init_distributed', 'shard_range',
            'shard_indices', 'shard_checkpoints', 'ShardedTasks', 'check_sharding', 'all_reduce_grads',
-           'all_reduce_metrics', 'broadcast_object', 'broadcast_params', 'run_on_main', 'in_sync',
-           'distributed_meta_grad', 'free_port', 'launch', 'train_distributed', 'set_deterministic',
-           'analyse_run_distributed', 'torchrun_command', 'run_torchrun', 'split_nproc']
+           'all_reduce_metrics', 'broadcast_object', 'broadcast_params', 'run_on_main', 'in_sync', 'reduce_share',
+           'distributed_meta_grad', 'free_port', 'launch', 'DistributedTrainer', 'train_distributed',
+           'set_deterministic', 'analyse_run_distributed', 'torchrun_command', 'run_torchrun', 'split_nproc']
 
 # %% ../nbs/14_distributed.ipynb #bfb420df
 def world() -> tuple[int, int]:
@@ -198,13 +197,19 @@ def in_sync(params:Params) -> bool:
     return len(set(hs)) == 1
 
 # %% ../nbs/14_distributed.ipynb #be922225
+def reduce_share(grads:Params, metrics:dict, # this rank's meta-gradient and metrics over its share
+                 share:int, # tasks in this rank's share
+                 total:int, # tasks in the whole meta-batch
+                ) -> tuple[Params, dict]:
+    "The meta-batch's gradient and metrics on every rank: each rank's result over its share, weighted by $|S_r|/B$ and summed."
+    return all_reduce_grads(grads, share / total), all_reduce_metrics(metrics, share / total)
+
 def distributed_meta_grad(model:torch.nn.Module, params:Params, tasks:TaskBatch, **kw) -> tuple[Params, dict]:
     "`meta_grad(model, params, tasks, **kw)` with the tasks split across ranks: every rank gets the whole meta-batch's result."
     rank, n = world()
     check_sharding(len(tasks), n, kw.get('group_size'), kw.get('regularizer') is not None)
     r = shard_range(len(tasks), rank, n)
-    g, m = meta_grad(model, params, tasks[r.start:r.stop], **kw)
-    return all_reduce_grads(g, len(r) / len(tasks)), all_reduce_metrics(m, len(r) / len(tasks))
+    return reduce_share(*meta_grad(model, params, tasks[r.start:r.stop], **kw), len(r), len(tasks))
 
 # %% ../nbs/14_distributed.ipynb #b69c6d0a
 def free_port() -> int:
@@ -218,12 +223,13 @@ def _importable(fn) -> bool:
     if not q or '<' in q or m is None: return False
     return m.__name__ != '__main__' or (hasattr(m, '__file__') and getattr(m, q, None) is fn)
 
-def _worker(rank, n, port, backend, threads, timeout, fn, args, kwargs, q):
+def _worker(rank, n, port, backend, threads, dtype, timeout, fn, args, kwargs, q):
     "One spawned rank of `launch`: join the group, run `fn`, send back its pickled result or the traceback."
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(n), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(n),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     try:
         if threads: torch.set_num_threads(threads)
+        if dtype is not None: torch.set_default_dtype(dtype)
         if backend == 'nccl': torch.cuda.set_device(rank)
         dist.init_process_group(backend, init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=n,
                                 timeout=datetime.timedelta(seconds=timeout))
@@ -236,6 +242,7 @@ def launch(nproc:int, # number of processes (ranks)
            fn:Callable, *args, # run `fn(*args, **kwargs)` on every rank
            kwargs:dict|None=None, backend:str='gloo', # 'gloo' (CPU) or 'nccl' (one GPU per rank)
            threads:int|None=1, # torch threads per rank (None: torch's default)
+           dtype:torch.dtype|None=None, # torch's default dtype on every rank, e.g. torch.float64 (None: torch's default)
            timeout:float=600., # seconds before everything is stopped
           ) -> list:
     "Run `fn` in `nproc` spawned processes forming a process group; returns the results in rank order."
@@ -244,7 +251,7 @@ def launch(nproc:int, # number of processes (ranks)
     if backend == 'nccl' and nproc > torch.cuda.device_count(): raise ValueError(f"backend 'nccl' needs one GPU per process: {nproc} processes, {torch.cuda.device_count()} GPU(s)")
     ctx, port = mp.get_context('spawn'), free_port()
     q = ctx.Queue()
-    ps = [ctx.Process(target=_worker, args=(r, nproc, port, backend, threads, timeout, fn, args, kwargs or {}, q)) for r in range(nproc)]
+    ps = [ctx.Process(target=_worker, args=(r, nproc, port, backend, threads, dtype, timeout, fn, args, kwargs or {}, q)) for r in range(nproc)]
     for p in ps: p.start()
     out, deadline = {}, time.monotonic() + timeout
     try:
@@ -264,55 +271,44 @@ def launch(nproc:int, # number of processes (ranks)
     return [out[r] for r in range(nproc)]
 
 # %% ../nbs/14_distributed.ipynb #f7e7bb92
-class _NoLog:
-    "The training log of ranks other than 0: writes nothing."
-    def resume_from(self, step): pass
-    def append(self, row): pass
-    def flush(self): pass
-
-class _DistTrainer(_Trainer):
-    "A `metanb.train` trainer whose tasks are this rank's share, gradients all-reduced, and files written by rank 0."
-    def __init__(self, cfg, run_dir, data, device, rank:int, n:int):
-        super().__init__(cfg, run_dir, data, device)
-        self.rank, self.n = rank, n
-        self.train_tasks = ShardedTasks(self.train_tasks, rank, n)
-    def grads(self, step:int, tasks) -> tuple[Params, dict]:
-        "The meta-batch's gradient and metrics of `step`, on every rank."
-        if self.ft_cls:  # one coupled image batch: computed on rank 0, broadcast
-            g, m = super().grads(step, None) if self.rank == 0 else (zeros_like(self.params), None)
-            return broadcast_params(g), broadcast_object(m)
-        g, m = super().grads(step, tasks)
-        w = len(tasks) / self.cfg.meta_batch
-        return all_reduce_grads(g, w), all_reduce_metrics(m, w)
-    def save(self, step:int):
-        "Write the checkpoint of `step` (rank 0 only)."
-        if self.rank == 0: super().save(step)
-
-# %% ../nbs/14_distributed.ipynb #515a4367
-def _sync_start(T:_DistTrainer, run_dir:Path, resume:bool) -> int:
-    "Start or resume on rank 0 (as one process does), then give every rank rank 0's params, optimizer and RNG state."
-    start = run_on_main(lambda: _start(T, run_dir, resume))
-    cpu = lambda o: {k: cpu(v) for k, v in o.items()} if isinstance(o, dict) else o.cpu() if isinstance(o, Tensor) else o
-    state = broadcast_object(cpu({'optimizer': T.opt.state_dict(), 'rng': _rng_state(T.device)}) if T.rank == 0 else None)
-    if T.rank != 0: T.opt.load_state_dict(state['optimizer']); _set_rng_state(state['rng'], T.device)
-    broadcast_params(T.params)
-    return start
-
 def _load_data(cfg:TrainConfig, data):
     "The dataset: loaded (and cached on disk) by rank 0 first, then by the other ranks."
     if cfg.dataset == 'sinusoid' or data is not None: return data
     d = run_on_main(lambda: load_data(asdict(cfg)), share=False)
     return d if d is not None else load_data(asdict(cfg))
 
-# %% ../nbs/14_distributed.ipynb #ce1d6aa5
-def _train_dist(cfg:TrainConfig, run_dir:Path, progress:bool, resume:bool, data) -> dict:
-    rank, n = world()
-    check_sharding(cfg.meta_batch, n, cfg.group_size, cfg.algorithm != 'finetune' and _regularizer(cfg) is not None)
-    T = _DistTrainer(cfg, run_dir, _load_data(cfg, data), rank_device(cfg.device), rank, n)
-    def _check(step):
-        if not in_sync(T.params): raise RuntimeError(f"step {step}: the ranks hold different parameters (nondeterministic kernels?); nothing was saved for this step")
-    log = TrainLog(run_dir) if rank == 0 else _NoLog()
-    return {**_loop(T, cfg, run_dir, _sync_start(T, run_dir, resume), log, progress and rank == 0, before_save=_check), 'world_size': n}
+def _cpu(o):
+    "`o` with every tensor in its nested dicts detached and on the CPU (for `broadcast_object`)."
+    if isinstance(o, dict): return {k: _cpu(v) for k, v in o.items()}
+    return o.detach().cpu() if isinstance(o, Tensor) else o
+
+# %% ../nbs/14_distributed.ipynb #515a4367
+class DistributedTrainer(Trainer):
+    "A `metanb.train.Trainer` for this rank of the process group: its share of each meta-batch, gradients reduced, files written by rank 0."
+    def __init__(self, cfg:TrainConfig, run_dir:str|Path, data=None):
+        self.rank, self.n = world()
+        super().__init__(cfg, run_dir, _load_data(cfg, data), rank_device(cfg.device))
+        check_sharding(cfg.meta_batch, self.n, cfg.group_size, coupled=self.reg is not None)
+        self.train_tasks, self.writes = ShardedTasks(self.train_tasks, self.rank, self.n), self.rank == 0
+
+    def start(self, resume:bool=True) -> int:
+        "Start or resume on rank 0 (as one process does), then give every rank rank 0's params, optimizer and RNG state."
+        start = super().start
+        step = run_on_main(lambda: start(resume))
+        state = broadcast_object(_cpu(self.resume_state()) if self.rank == 0 else None)
+        if self.rank != 0: self.restore(state)
+        return step
+
+    def grads(self, step:int, tasks) -> tuple[Params, dict]:
+        "The meta-batch's gradient and metrics of `step`, on every rank."
+        if self.ft_cls:  # one coupled image batch: computed on rank 0, broadcast
+            g, m = super().grads(step, None) if self.rank == 0 else (zeros_like(self.params), None)
+            return broadcast_params(g), broadcast_object(m)
+        return reduce_share(*super().grads(step, tasks), len(tasks), self.cfg.meta_batch)
+
+    def before_save(self, step:int):
+        "Refuse to write a checkpoint if the ranks' parameters differ."
+        if not in_sync(self.params): raise RuntimeError(f"step {step}: the ranks hold different parameters (nondeterministic kernels?); nothing was saved for this step")
 
 # %% ../nbs/14_distributed.ipynb #78ef260c
 def train_distributed(config:TrainConfig|dict, # the run's config
@@ -326,13 +322,7 @@ def train_distributed(config:TrainConfig|dict, # the run's config
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
     rank, n = init_distributed(backend, cfg.device)
     if n == 1: return train(cfg, run_dir, resume=resume, progress=progress, data=data)
-    with torch_threads(cfg.threads): return _train_dist(cfg, Path(run_dir), progress, resume, data)
-
-# %% ../nbs/14_distributed.ipynb #ca442275
-def _train_float64(config:dict, run_dir:str) -> dict:
-    "`train_distributed` with float64 as torch's default dtype (models and sinusoid tasks in float64): for exactness checks."
-    torch.set_default_dtype(torch.float64)
-    return train_distributed(config, run_dir, progress=False)
+    with torch_threads(cfg.threads): return {**DistributedTrainer(cfg, run_dir, data).fit(resume, progress), 'world_size': n}
 
 # %% ../nbs/14_distributed.ipynb #04ec2e09
 def set_deterministic(on:bool=True):
@@ -340,13 +330,6 @@ def set_deterministic(on:bool=True):
     if on: os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = on, not on and torch.backends.cudnn.benchmark
     torch.use_deterministic_algorithms(on, warn_only=True)
-
-# %% ../nbs/14_distributed.ipynb #60955871
-def _meta_grad_on(device, model, params:Params, tasks:TaskBatch, kw:dict) -> tuple[Params, dict]:
-    "`distributed_meta_grad` with model, params and tasks moved to this rank's `device`; the gradient comes back on CPU."
-    d = rank_device(device)
-    g, m = distributed_meta_grad(model.to(d), {k: v.to(d) for k, v in params.items()}, tasks.to(d), **kw)
-    return {k: v.cpu() for k, v in g.items()}, m
 
 # %% ../nbs/14_distributed.ipynb #eae8441b
 def _gather_errors(err:str|None) -> list[str]:

@@ -18,8 +18,8 @@ from .runs import (write_config, read_config, list_checkpoints, load_checkpoint,
                          model_from_config, task_family_from_config, load_data, RunLock, clean_tmp, CKPT_DIR)
 
 # %% auto #0
-__all__ = ['ALGORITHMS', 'RESUMABLE', 'TrainConfig', 'checkpoint_steps', 'resolve_model', 'mean_ci', 'validate',
-           'finetune_images', 'meta_test_params', 'check_finite', 'run_config', 'train']
+__all__ = ['ALGORITHMS', 'RESUMABLE', 'TrainConfig', 'checkpoint_steps', 'resolve_model', 'mean_halfwidth', 'validate',
+           'finetune_images', 'meta_test_params', 'check_finite', 'run_config', 'Trainer', 'train']
 
 # %% ../nbs/04_train.ipynb #7f7c9932
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -112,7 +112,7 @@ def resolve_model(cfg:TrainConfig, data:ImageClasses|None=None) -> tuple[str, di
     return name, kw
 
 # %% ../nbs/04_train.ipynb #ab7b56c1
-def mean_ci(x:Tensor) -> tuple[float, float]:
+def mean_halfwidth(x:Tensor) -> tuple[float, float]:
     "Mean and 95% confidence half-width $1.96\\,s/\\sqrt n$ of the values `x`."
     x = x.double().flatten()
     return x.mean().item(), (1.96 * x.std().item() / math.sqrt(len(x))) if len(x) > 1 else math.nan
@@ -123,7 +123,7 @@ def validate(model:nn.Module, params:Params, batches:list, *, steps:int, lr:floa
     out = {}
     for k in ev[0]:
         if k == 'support_loss': continue
-        out[f'val_{k}'], out[f'val_{k}_ci95'] = mean_ci(torch.cat([e[k] for e in ev]))
+        out[f'val_{k}'], out[f'val_{k}_ci95'] = mean_halfwidth(torch.cat([e[k] for e in ev]))
     return out
 
 # %% ../nbs/04_train.ipynb #cdc7795e
@@ -190,30 +190,34 @@ def _set_rng_state(r, device):
 
 # %% ../nbs/04_train.ipynb #fd2f51e0
 class _TrainerState:
-    "State of one run: models, params, optimizer, task streams, the run directory's lock (see `_Trainer`)."
-    def __init__(self, cfg:TrainConfig, run_dir:Path, data, device):
-        self.cfg, self.run_dir, self.data, self.device = cfg, run_dir, data, device
-        self.config = run_config(cfg, data)
+    "State of one run: models, params, optimizer, task streams, the run directory's lock (see `Trainer`)."
+    def __init__(self, cfg:TrainConfig, run_dir:str|Path, data:ImageClasses|None=None, device=None):
+        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), get_device(cfg.device) if device is None else device
+        self.data = load_data(asdict(cfg)) if cfg.dataset != 'sinusoid' and data is None else data
+        self.config = run_config(cfg, self.data)
         seed_everything(cfg.seed)
-        self.test_model = model_from_config(self.config).to(device)
-        ft_cls = cfg.algorithm == 'finetune' and cfg.dataset != 'sinusoid'
-        self.model = model_from_config(self.config, n_way=self.config['n_train_classes']).to(device) if ft_cls else self.test_model
-        self.ft_cls = ft_cls
+        self.test_model = model_from_config(self.config).to(self.device)
+        self.ft_cls = cfg.algorithm == 'finetune' and cfg.dataset != 'sinusoid'
+        self.model = model_from_config(self.config, n_way=self.config['n_train_classes']).to(self.device) if self.ft_cls else self.test_model
         self.params = {k: v.detach().clone().requires_grad_() for k, v in self.model.named_parameters()}
         self.opt = torch.optim.Adam(list(self.params.values()), lr=cfg.outer_lr)
         self.reg = _regularizer(cfg) if cfg.algorithm != 'finetune' else None
-        self.train_tasks = task_family_from_config(self.config, 'train', data)
-        val = task_family_from_config(self.config, 'val', data)
-        self.val_batches = [val.batch(range(i, min(i + cfg.meta_batch, cfg.val_tasks))).to(device) for i in range(0, cfg.val_tasks, cfg.meta_batch)]
+        self.train_tasks = task_family_from_config(self.config, 'train', self.data)
+        val = task_family_from_config(self.config, 'val', self.data)
+        self.val_batches = [val.batch(range(i, min(i + cfg.meta_batch, cfg.val_tasks))).to(self.device) for i in range(0, cfg.val_tasks, cfg.meta_batch)]
         self.ft_batch = cfg.finetune_batch or cfg.meta_batch * cfg.n_way * (cfg.shots + cfg.queries)
-        self.lock = None
+        self.lock, self.writes = None, True
 
     def eval_params(self) -> Params:
         "The meta-test params: the trained params, with a zero N-way head for finetuning on classes."
         return meta_test_params(self.params, self.test_model) if self.ft_cls else self.params
 
+    def resume_state(self) -> dict:
+        "What `restore` loads: the trained params (`train_params` when finetuning on classes), optimizer and RNG state."
+        return {'train_params' if self.ft_cls else 'params': self.params, 'optimizer': self.opt.state_dict(), 'rng': _rng_state(self.device)}
+
     def restore(self, ck:dict):
-        "Load params, optimizer and RNG state from checkpoint `ck`."
+        "Load params, optimizer and RNG state from checkpoint `ck` (or a `resume_state`)."
         src = ck['train_params'] if self.ft_cls else ck['params']
         with torch.no_grad():
             for k, v in self.params.items(): v.copy_(src[k])
@@ -231,9 +235,45 @@ class _TrainerState:
         save_checkpoint(self.run_dir, step, self.eval_params(), dict(self.test_model.named_buffers()), optimizer=self.opt.state_dict(),
                         rng=_rng_state(self.device), sampler={'step': step, 'batch_size': self.cfg.meta_batch}, **extra)
 
+# %% ../nbs/04_train.ipynb #dfba3f87
+def _latest_intact(run_dir:Path, done:list[int], device) -> tuple[int, dict]:
+    "The step and content of the latest checkpoint that loads, warning about each later one that does not."
+    for s in reversed(done):
+        try: return s, load_checkpoint(run_dir, s, map_location=device)
+        except CheckpointError as e:
+            if s == done[0]: raise
+            warnings.warn(f"{e}: resuming from the previous checkpoint instead", stacklevel=2)
+
+def _record_outer_lr(run_dir:Path, old:dict, lr:float, step:int):
+    "Write the new `outer_lr` to `config.json`, with the change appended to `outer_lr_changes`."
+    ch = [*old.get('outer_lr_changes', []), {'step': int(step), 'from': old.get('outer_lr'), 'to': lr}]
+    write_config(run_dir, {**old, 'outer_lr': lr, 'outer_lr_changes': ch})
+    warnings.warn(f"{run_dir}: outer_lr changes from {old.get('outer_lr')} to {lr} at step {step} (recorded in its config.json)", stacklevel=2)
+
 # %% ../nbs/04_train.ipynb #6a035395
-class _Trainer(_TrainerState):
-    "A run's state with `grads(step, tasks)` (one meta-gradient) and `validate()`, methods in the class body."
+class Trainer(_TrainerState):
+    "One run's training state and loop (`fit`); subclasses change a step through the hooks `start`, `batches`, `grads`, `validate`, `before_save`, `save`."
+    def start(self, resume:bool=True) -> int:
+        "Lock `run_dir`; restore its latest intact checkpoint and return its step, or start the run directory (step 0)."
+        run_dir, cfg = self.run_dir, self.cfg
+        self.lock = self.lock or RunLock(run_dir).acquire()   # held until training ends (`release`), at worst until the process ends
+        done = list_checkpoints(run_dir)
+        if done and not resume: raise FileExistsError(f"{run_dir} already holds checkpoints {done[:3]}...: pass resume=True to continue it, or use a new run_dir")
+        clean_tmp(run_dir); clean_tmp(run_dir/CKPT_DIR)   # left by a killed write; we hold the lock, so nobody is writing
+        if not done: write_config(run_dir, self.config); self.save(0); return 0
+        old = read_config(run_dir)
+        _check_same_run(old, self.config, run_dir)
+        if done[-1] > cfg.meta_iters: raise ValueError(f"{run_dir} already has a checkpoint at step {done[-1]} > meta_iters={cfg.meta_iters}: raise meta_iters or use a new run_dir")
+        step, ck = _latest_intact(run_dir, done, self.device)
+        self.restore(ck)
+        if old.get('outer_lr') != cfg.outer_lr: _record_outer_lr(run_dir, old, cfg.outer_lr, step)
+        return step
+
+    def batches(self, start:int):
+        "An iterator over the meta-batches of steps `start, start+1, ...` (None: finetuning on classes draws its own images)."
+        if self.ft_cls: return None
+        return iter(TaskLoader(self.train_tasks, self.cfg.meta_batch, start=start, stop=self.cfg.meta_iters, device=self.device))
+
     def grads(self, step:int, tasks) -> tuple[Params, dict]:
         "Gradient and metrics of meta-iteration `step` at the current params."
         c = self.cfg
@@ -256,79 +296,70 @@ class _Trainer(_TrainerState):
         c = self.cfg
         return validate(self.test_model, self.eval_params(), self.val_batches, steps=c.inner_steps_test, lr=c.inner_lr, batching=c.batching, group_size=c.group_size, fused_bn=c.fused_bn)
 
-# %% ../nbs/04_train.ipynb #dfba3f87
-def _latest_intact(run_dir:Path, done:list[int], device) -> tuple[int, dict]:
-    "The step and content of the latest checkpoint that loads, warning about each later one that does not."
-    for s in reversed(done):
-        try: return s, load_checkpoint(run_dir, s, map_location=device)
-        except CheckpointError as e:
-            if s == done[0]: raise
-            warnings.warn(f"{e}: resuming from the previous checkpoint instead", stacklevel=2)
+    def before_save(self, step:int):
+        "Called before the checkpoint of `step` is written (nothing here)."
 
-def _record_outer_lr(run_dir:Path, old:dict, lr:float, step:int):
-    "Write the new `outer_lr` to `config.json`, with the change appended to `outer_lr_changes`."
-    ch = [*old.get('outer_lr_changes', []), {'step': int(step), 'from': old.get('outer_lr'), 'to': lr}]
-    write_config(run_dir, {**old, 'outer_lr': lr, 'outer_lr_changes': ch})
-    warnings.warn(f"{run_dir}: outer_lr changes from {old.get('outer_lr')} to {lr} at step {step} (recorded in its config.json)", stacklevel=2)
+    def fit(self, resume:bool=True, # continue from the latest checkpoint if there is one
+            progress:bool=True, # a progress bar (only where `writes`)
+           ) -> dict:
+        "Train from `start(resume)` to `meta_iters`, then release the lock; returns the final validation and the time."
+        try: return _loop(self, self.start(resume), progress and self.writes)
+        finally: self.release()
 
 # %% ../nbs/04_train.ipynb #b6e09d00
-def _start(T:_Trainer, run_dir:Path, resume:bool) -> int:
-    "Lock `run_dir`; restore its latest intact checkpoint and return its step, or start the run directory (step 0)."
-    T.lock = T.lock or RunLock(run_dir).acquire()   # held until training ends (`T.release`), at worst until the process ends
-    done = list_checkpoints(run_dir)
-    if done and not resume: raise FileExistsError(f"{run_dir} already holds checkpoints {done[:3]}...: pass resume=True to continue it, or use a new run_dir")
-    clean_tmp(run_dir); clean_tmp(run_dir/CKPT_DIR)   # left by a killed write; we hold the lock, so nobody is writing
-    if not done: write_config(run_dir, T.config); T.save(0); return 0
-    old = read_config(run_dir)
-    _check_same_run(old, T.config, run_dir)
-    if done[-1] > T.cfg.meta_iters: raise ValueError(f"{run_dir} already has a checkpoint at step {done[-1]} > meta_iters={T.cfg.meta_iters}: raise meta_iters or use a new run_dir")
-    step, ck = _latest_intact(run_dir, done, T.device)
-    T.restore(ck)
-    if old.get('outer_lr') != T.cfg.outer_lr: _record_outer_lr(run_dir, old, T.cfg.outer_lr, step)
-    return step
-
 def _progress(it, total, on):
     if not on: return it
     from fastprogress.fastprogress import progress_bar
     return progress_bar(it, total=total)
 
+class _NoLog:
+    "The training log of a trainer that does not write: keeps nothing."
+    def resume_from(self, step): pass
+    def append(self, row): pass
+    def flush(self): pass
+
+def _step(T:Trainer, s:int, tasks, last:int|None) -> dict:
+    "Meta-iteration `s`: the gradient (`T.grads`), checked finite, and the Adam step; returns its metrics."
+    grads, met = T.grads(s, tasks)
+    check_finite(s, met, grads, T.cfg, last)
+    for k, p in T.params.items(): p.grad = grads[k]
+    T.opt.step()
+    return met
+
+def _final_validation(T:Trainer) -> dict:
+    "The validation of the last step, refused (`DivergedError`) if it is not finite."
+    val, cfg = T.validate(), T.cfg
+    if not all(math.isfinite(v) for k, v in val.items() if not k.endswith('_ci95')):
+        raise DivergedError(f"the final validation of {T.run_dir} at step {cfg.meta_iters} is not finite ({val}): adaptation at meta-test diverges; lower inner_lr ({cfg.inner_lr}) or inner_steps_test ({cfg.inner_steps_test}), or resume an earlier checkpoint with a lower outer_lr")
+    return val
+
 # %% ../nbs/04_train.ipynb #aac6a0b2
-def _loop(T, cfg:TrainConfig, run_dir:Path, start:int, log, progress:bool, before_save=None) -> dict:
-    "The meta-training loop from `start` (shared with `metanb.distributed`); `before_save(step)` runs before each checkpoint."
+def _loop(T:Trainer, start:int, progress:bool) -> dict:
+    "The meta-training loop of `Trainer.fit` from step `start`: validate, step, log, checkpoint (see above)."
     tune_malloc()   # reuse freed activations instead of page-faulting fresh memory (metanb.core)
+    cfg, log = T.cfg, TrainLog(T.run_dir) if T.writes else _NoLog()
     last, t0, val, sched = start, time.perf_counter(), {}, set(checkpoint_steps(cfg))
     log.resume_from(start)
-    batches = None if T.ft_cls else iter(TaskLoader(T.train_tasks, cfg.meta_batch, start=start, stop=cfg.meta_iters, device=T.device))
+    batches = T.batches(start)
     pb = _progress(range(start, cfg.meta_iters), cfg.meta_iters - start, progress)
     try:
         for s in pb:
             row = {'step': s}
             if cfg.val_every and s % cfg.val_every == 0: val = T.validate(); row.update(val)
             t = time.perf_counter()
-            grads, met = T.grads(s, next(batches) if batches is not None else None)
-            check_finite(s, met, grads, cfg, last)
-            for k, p in T.params.items(): p.grad = grads[k]
-            T.opt.step()
+            met = _step(T, s, next(batches) if batches is not None else None, last)
             log.append({**row, **met, 'seconds': round(time.perf_counter() - t, 4)})
             if progress: pb.comment = ' '.join(f'{k} {v:.3f}' for k, v in met.items() if k in ('loss', 'acc')) + (f" val_acc {val['val_acc']:.3f}" if 'val_acc' in val else '')
             if s + 1 in sched:
-                if before_save: before_save(s + 1)
-                log.flush(); T.save(s + 1); last = s + 1  # log first: a checkpoint never lacks its log rows
-        val = T.validate(); log.append({'step': cfg.meta_iters, **val})  # the final validation (row meta_iters)
-        if not all(math.isfinite(v) for k, v in val.items() if not k.endswith('_ci95')):
-            raise DivergedError(f"the final validation of {run_dir} at step {cfg.meta_iters} is not finite ({val}): adaptation at meta-test diverges; lower inner_lr ({cfg.inner_lr}) or inner_steps_test ({cfg.inner_steps_test}), or resume an earlier checkpoint with a lower outer_lr")
+                T.before_save(s + 1)
+                log.flush()   # log first: a checkpoint never lacks its log rows
+                if T.writes: T.save(s + 1)
+                last = s + 1
+        val = _final_validation(T); log.append({'step': cfg.meta_iters, **val})  # the final validation (row meta_iters)
     finally:
         log.flush()
         if batches is not None: batches.close()
-    return {'run_dir': str(run_dir), 'step': cfg.meta_iters, **val, 'seconds': round(time.perf_counter() - t0, 2)}
-
-@full_float32()
-def _train(cfg:TrainConfig, run_dir:Path, resume:bool, progress:bool, data) -> dict:
-    device = get_device(cfg.device)
-    if cfg.dataset != 'sinusoid' and data is None: data = load_data(asdict(cfg))
-    T = _Trainer(cfg, run_dir, data, device)
-    try: return _loop(T, cfg, run_dir, _start(T, run_dir, resume), TrainLog(run_dir), progress)
-    finally: T.release()
+    return {'run_dir': str(T.run_dir), 'step': cfg.meta_iters, **val, 'seconds': round(time.perf_counter() - t0, 2)}
 
 # %% ../nbs/04_train.ipynb #9c1bfe06
 def train(config:TrainConfig|dict, # the run's config
@@ -339,4 +370,4 @@ def train(config:TrainConfig|dict, # the run's config
          ) -> dict:
     "Meta-train (or finetune) into `run_dir`, resuming if it has checkpoints; returns the last validation and timing."
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
-    with torch_threads(cfg.threads): return _train(cfg, Path(run_dir), resume, progress, data)
+    with torch_threads(cfg.threads), full_float32(): return Trainer(cfg, run_dir, data).fit(resume, progress)

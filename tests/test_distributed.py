@@ -8,7 +8,7 @@ import numpy as np
 import pytest, torch
 from metanb.core import norm, sub, params_of
 from metanb.distributed import (launch, train_distributed, torchrun_command, distributed_meta_grad, run_on_main, in_sync, broadcast_params,
-                                all_reduce_metrics, world, shard_indices, check_sharding, analyse_run_distributed)
+                                all_reduce_metrics, world, shard_indices, check_sharding, analyse_run_distributed, rank_device)
 from metanb.maml import meta_grad
 from metanb.runs import list_checkpoints, load_checkpoint, read_log
 from metanb.tasks import ImageClasses
@@ -191,14 +191,19 @@ def test_launch_collectives_errors_and_analysis(tmp_path):
 
 # ---- GPU (skipped without CUDA; run on a GPU machine) -------------------------------------------
 
+def meta_grad_on(device, model, params, tasks, kw):
+    "Run on each nccl rank: `distributed_meta_grad` with model, params and tasks on this rank's `device`; the gradient back on CPU."
+    d = rank_device(device)
+    g, m = distributed_meta_grad(model.to(d), {k: v.to(d) for k, v in params.items()}, tasks.to(d), **kw)
+    return {k: v.cpu() for k, v in g.items()}, m
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs 2 CUDA devices (nccl ranks)')
 def test_nccl_two_gpus_equal_one_process(tmp_path):
-    from metanb.distributed import _meta_grad_on, _train_float64
     model, tasks = tiny_mlp(dtype=torch.float64), sinusoid_batch(5, dtype=torch.float64)
     params, kw = params_of(model, detach=True), dict(steps=2, lr=0.05, batching='vmap')
     ref, _ = meta_grad(model, params, tasks, **kw)
-    for g, _ in launch(2, _meta_grad_on, 'cuda', model, params, tasks, kw, backend='nccl'): assert rel(g, ref) <= 1e-10
+    for g, _ in launch(2, meta_grad_on, 'cuda', model, params, tasks, kw, backend='nccl'): assert rel(g, ref) <= 1e-10
     cfg = {**CFG, 'meta_iters': 20}
-    launch(2, _train_float64, {**cfg, 'device': 'cuda'}, str(tmp_path/'two'), backend='nccl')
+    launch(2, train_distributed, {**cfg, 'device': 'cuda'}, str(tmp_path/'two'), kwargs={'progress': False}, backend='nccl', dtype=torch.float64)
     with float64(): train(TrainConfig(**cfg), tmp_path/'one', progress=False)
     assert rel(load_checkpoint(tmp_path/'two')['params'], load_checkpoint(tmp_path/'one')['params']) <= 1e-10

@@ -41,13 +41,13 @@ def test_second_process_is_refused(holder):
 
 def test_train_holds_lock_and_releases_it(tmp_path):
     seen = []
-    orig = metanb.train._Trainer.validate
+    orig = metanb.train.Trainer.validate
     def spy(self):
         with pytest.raises(RunLocked): RunLock(tmp_path).acquire()   # held while training
         seen.append(1); return orig(self)
-    metanb.train._Trainer.validate = spy
+    metanb.train.Trainer.validate = spy
     try: train(TrainConfig(**{**CFG, 'meta_iters': 2}), tmp_path, progress=False)
-    finally: metanb.train._Trainer.validate = orig
+    finally: metanb.train.Trainer.validate = orig
     assert seen
     RunLock(tmp_path).acquire().release()   # free after train returns
 
@@ -127,7 +127,7 @@ def test_stored_config_still_loads(tmp_path):
 
 def test_module_functions_not_shadowed_by_methods():
     assert callable(metanb.train.validate) and metanb.train.validate.__module__ == 'metanb.train'
-    assert metanb.train.validate is not metanb.train._Trainer.validate
+    assert metanb.train.validate is not metanb.train.Trainer.validate
 
 def test_coherence_ci_of_nan_measurements():
     m = np.full((5, 5), np.nan)
