@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 import torch, torch.distributed as dist, torch.multiprocessing as mp
 from torch import Tensor
-from .core import Params, get_device, flatten, unflatten, zeros_like, torch_threads
+from .core import Params, get_device, flatten, unflatten, zeros_like, torch_threads, full_float32
 from .tasks import TaskBatch
 from .maml import meta_grad
 from .runs import load_data, list_checkpoints
@@ -322,7 +322,7 @@ def train_distributed(config:TrainConfig|dict, # the run's config
     cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
     rank, n = init_distributed(backend, cfg.device)
     if n == 1: return train(cfg, run_dir, resume=resume, progress=progress, data=data)
-    with torch_threads(cfg.threads): return {**DistributedTrainer(cfg, run_dir, data).fit(resume, progress), 'world_size': n}
+    with torch_threads(cfg.threads), full_float32(): return {**DistributedTrainer(cfg, run_dir, data).fit(resume, progress), 'world_size': n}
 
 # %% ../nbs/14_distributed.ipynb #04ec2e09
 def set_deterministic(on:bool=True):
