@@ -166,8 +166,8 @@ def _read_table(path:Path, validate:Callable, what:str) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: analyse the run first (metanb.analysis, or `metanb analyze {path.parent.parent}`) to write the {what}")
     df = validate(pd.read_csv(path))
-    runs = df[['run', 'seed']].drop_duplicates()
-    if len(runs) > 1: raise ValueError(f"{path} holds {len(runs)} runs ({runs.to_dict('records')}): a run directory must hold one run; open each run in its own explorer")
+    ids = df[['run', 'seed']].drop_duplicates()
+    if len(ids) > 1: raise ValueError(f"{path} holds {len(ids)} runs ({ids.to_dict('records')}): a run directory must hold one run; open each run in its own explorer")
     return df
 
 # %% ../nbs/11a_results.ipynb #115a3279
@@ -185,7 +185,7 @@ class RunResults:
         self.steps = sorted(int(s) for s in self.summary['step'].unique())
         self.backend = RunBackend(self.run_dir) if backend is None else backend
         self.cache_dir, self.computed = self.analysis/'explorer', 0   # slices computed (not read) by this loader
-        self._mem, self._hash = {}, {}
+        self._mem = {}   # what was read or computed, by key
 
     @property
     def name(self) -> str: return str(self.summary['run'].iloc[0])
