@@ -4,8 +4,9 @@
 
 # %% ../nbs/08_landscape.ipynb #8397cc8a
 from __future__ import annotations
-import math
+import math, re, dataclasses
 from dataclasses import dataclass, field
+from fastcore.basics import patch_to
 import torch, torch.nn as nn
 from torch import Tensor
 from torch.func import functional_call, vmap
@@ -14,7 +15,7 @@ from .tasks import TaskBatch
 from .hessian import bn_context, _check_bn_mode, _resolve_loss
 
 # %% auto #0
-__all__ = ['evaluate_points', 'Landscape', 'slice_grid', 'line_slice', 'task_plane_basis', 'task_plane',
+__all__ = ['evaluate_points', 'Landscape', 'slice_grid', 'line_slice', 'task_plane_basis', 'plane_axes', 'task_plane',
            'filter_normalized_direction', 'random_plane']
 
 # %% ../nbs/08_landscape.ipynb #ae07cd32
@@ -46,7 +47,7 @@ def evaluate_points(model:nn.Module, points:Tensor, # [G, P] flat parameter vect
 # %% ../nbs/08_landscape.ipynb #516d7056
 @dataclass
 class Landscape:
-    "A landscape slice as plain tensors: axes, per-task metric surfaces, labelled points, and the directions that define it."
+    "A landscape slice as plain tensors: axes and their labels, per-task metric surfaces, labelled points, and the directions that define it."
     kind: str                 # 'line', 'task_plane' or 'random_plane'
     x: Tensor                 # [nx] coordinates along the first direction
     y: Tensor|None            # [ny] along the second (None for a line)
@@ -55,10 +56,15 @@ class Landscape:
     support_acc: Tensor|None  # None for regression tasks
     query_acc: Tensor|None
     points: dict              # label -> coordinates ([x] or [x, y]), e.g. theta_s, theta_i
-    origin: Tensor            # [P] the point at coordinates 0
-    directions: Tensor        # [1 or 2, P]: a grid point is origin + x d1 (+ y d2)
+    origin: Tensor|None       # [P] the point at coordinates 0 (None when read back from a file without it)
+    directions: Tensor|None   # [1 or 2, P]: a grid point is origin + x d1 (+ y d2)
     bn_mode: str
-    meta: dict = field(default_factory=dict)  # axis units, distances, seeds
+    meta: dict = field(default_factory=dict)  # axis labels (x_label, y_label), distances, seeds
+
+    @property
+    def x_label(self) -> str: return self.meta.get('x_label', 'x')
+    @property
+    def y_label(self) -> str|None: return self.meta.get('y_label')
 
     def point(self, x:float, y:float|None=None) -> Tensor:
         "The flat parameter vector at slice coordinates `(x, y)`."
@@ -83,6 +89,26 @@ def slice_grid(model:nn.Module, like:Params, origin:Tensor, D:Tensor, x:Tensor, 
     shape = (len(tasks), len(x)) if y is None else (len(tasks), len(y), len(x))
     m = {k: None if v is None else v.reshape(shape) for k, v in m.items()}
     return Landscape(kind, x, y, m['support_loss'], m['query_loss'], m['support_acc'], m['query_acc'], points, origin, D, bn_mode, meta or {})
+
+# %% ../nbs/08_landscape.ipynb #25561da6
+@patch_to(Landscape)
+def renamed(self, **names:str) -> Landscape:
+    "A copy whose points, and the names in its axis labels, are renamed (`renamed(theta_s='θs', theta_i='θ3')`)."
+    pat = re.compile('|'.join(rf'(?<!\w){re.escape(k)}(?!\w)' for k in sorted(names, key=len, reverse=True)))
+    sub = lambda v: pat.sub(lambda m: names[m.group()], v) if names and isinstance(v, str) else v
+    return dataclasses.replace(self, points={names.get(k, k): v for k, v in self.points.items()},
+                               meta={k: sub(v) if k in ('x_label', 'y_label') else v for k, v in self.meta.items()})
+
+@patch_to(Landscape)
+def with_points(self, **params:Tensor|Params) -> Landscape:
+    "A copy with more labelled points: parameter vectors (flat or dicts) at their least-squares coordinates; `meta['projected']` names those off the slice."
+    D, o = self.directions.double(), self.origin.double()
+    P = torch.stack([_flat(p).double().to(o.device) - o for p in params.values()])
+    C = torch.linalg.lstsq(D.T, P.T).solution.T
+    off = (P - C @ D).norm(dim=1) > 1e-4 * P.norm(dim=1)   # not on the slice (to a float32 model's precision)
+    new, meta = {k: [float(v) for v in c] for k, c in zip(params, C)}, dict(self.meta)
+    if off.any(): meta['projected'] = sorted({*meta.get('projected', ()), *(k for k, o in zip(params, off) if o)})
+    return dataclasses.replace(self, points={**self.points, **new}, meta=meta)
 
 # %% ../nbs/08_landscape.ipynb #83313caf
 def line_slice(model:nn.Module, theta_s:Params, theta_i:Params, # the checkpoint and a solution
@@ -114,22 +140,32 @@ def task_plane_basis(theta_s:Tensor|Params, theta_i:Tensor|Params, theta_j:Tenso
     pts = {'theta_s': [0.0, 0.0], 'theta_i': [na.item(), 0.0], 'theta_j': [(b @ u1).item(), nw.item()]}
     return torch.stack([u1, u2]).to(_flat(theta_s)), pts
 
-# %% ../nbs/08_landscape.ipynb #43050b24
-def _span(lo:float, hi:float, margin:float, n:int) -> Tensor:
+# %% ../nbs/08_landscape.ipynb #014b29e3
+def plane_axes(points:dict, # label -> [x, y]: the points the axes must cover
+               n:int=21, # grid points per axis
+               margin:float=0.5, # padding on each side, as a fraction of the points' extent
+               square:bool=False, # both axes as long as the larger extent
+              ) -> tuple[Tensor, Tensor]:
+    "Axes `x, y` (float64, `n` points each) covering `points` with a `margin`."
+    xy = torch.tensor(list(points.values()), dtype=torch.float64)
+    lo, hi = xy.min(0).values, xy.max(0).values
+    if square: mid, half = (lo + hi) / 2, (hi - lo).max() / 2; lo, hi = mid - half, mid + half
     pad = margin * (hi - lo)
-    return torch.linspace(lo - pad, hi + pad, n, dtype=torch.float64)
+    return tuple(torch.linspace(float(a - p), float(b + p), n, dtype=torch.float64) for a, b, p in zip(lo, hi, pad))
 
+# %% ../nbs/08_landscape.ipynb #43050b24
 def task_plane(model:nn.Module, theta_s:Params, theta_i:Params, theta_j:Params,
                tasks:TaskBatch, # tasks to score, e.g. tasks i and j
                n:int=21, # grid points per axis
                margin:float=0.5, # padding around the three points, as a fraction of their extent
+               square:bool=False, # axes of equal length, so that distances and angles read true
                x:Tensor|None=None, y:Tensor|None=None, # explicit axes (parameter-distance units)
                bn_mode:str='batch', loss='auto', chunk_size:int=32) -> Landscape:
     "Support/query loss and accuracy on the plane through `theta_s`, `theta_i`, `theta_j` (coordinates in parameter distance)."
     D, pts = task_plane_basis(theta_s, theta_i, theta_j)
-    xs_, ys_ = [p[0] for p in pts.values()], [p[1] for p in pts.values()]
-    x = _span(min(xs_), max(xs_), margin, n) if x is None else torch.as_tensor(x, dtype=torch.float64)
-    y = _span(min(ys_), max(ys_), margin, n) if y is None else torch.as_tensor(y, dtype=torch.float64)
+    ax, ay = plane_axes(pts, n, margin, square)
+    x = ax if x is None else torch.as_tensor(x, dtype=torch.float64)
+    y = ay if y is None else torch.as_tensor(y, dtype=torch.float64)
     return slice_grid(model, theta_s, _flat(theta_s), D, x, y, tasks, 'task_plane', pts, bn_mode, loss, chunk_size,
                       dict(x_label='distance along theta_i - theta_s', y_label='distance toward theta_j (orthogonalized)'))
 

@@ -4,14 +4,19 @@
 
 # %% ../nbs/02a_testutils.ipynb #fccd561b
 from __future__ import annotations
-import copy
+import copy, json, time
+from pathlib import Path
+from typing import Callable
+import numpy as np, pandas as pd
 import torch, torch.nn as nn
-from .core import make_generator
+from fastcore.basics import patch_to
+from .core import make_generator, atomic_write, write_json, params_of
 from .tasks import TaskBatch, SinusoidTasks
 from .models import MLP, Conv4, MetaBatchNorm
 
 # %% auto #0
-__all__ = ['tiny_mlp', 'tiny_conv4', 'sinusoid_batch', 'image_batch', 'with_native_bn']
+__all__ = ['tiny_mlp', 'tiny_conv4', 'sinusoid_batch', 'image_batch', 'with_native_bn', 'synthetic_run', 'SyntheticBackend',
+           'tiny_analysed_run']
 
 # %% ../nbs/02a_testutils.ipynb #1620d67c
 def tiny_mlp(sizes=(1, 16, 16, 1), dtype=torch.float32, seed:int=0) -> MLP:
@@ -51,3 +56,100 @@ def with_native_bn(model:nn.Module) -> nn.Module:
                 with torch.no_grad(): bn.weight.copy_(c.weight); bn.bias.copy_(c.bias)
                 setattr(mod, name, bn)
     return m
+
+# %% ../nbs/02a_testutils.ipynb #2ace44c6
+def _unit_directions(seed:int, step:int, n_tasks:int, dim:int, coherence:float) -> np.ndarray:
+    "[n_tasks, dim] unit vectors whose pairwise cosines are about `coherence` (a shared part plus noise)."
+    rng = np.random.default_rng([seed, step])
+    u, e = rng.normal(size=dim), rng.normal(size=(n_tasks, dim))
+    c = float(np.clip(coherence, 0, 0.95))
+    d = np.sqrt(c) * u / np.linalg.norm(u) + np.sqrt(1 - c) * e / np.linalg.norm(e, axis=1, keepdims=True)
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+# %% ../nbs/02a_testutils.ipynb #67c33dd4
+def synthetic_run(run_dir:str|Path, # folder to create (or overwrite)
+                  n_checkpoints:int=6, last_step:int=50, n_tasks:int=6, seed:int=0) -> Path:
+    "A run directory with synthetic analysis tables and pairwise matrices (for examples and tests)."
+    from metanb.stats import synthetic_study
+    from metanb.coherence import pairwise_cosine
+    from metanb import results as _  # TEMPORARY: installs the agreed metanb.runs API (shim in 11a_results) until metanb.runs has it
+    from metanb import runs
+    run_dir = Path(run_dir); (run_dir/runs.ANALYSIS_DIR).mkdir(parents=True, exist_ok=True)
+    tasks, ckpt = synthetic_study(seeds=(seed,), n_checkpoints=n_checkpoints, last_step=last_step, n_tasks=n_tasks, seed=seed)
+    tasks, ckpt = tasks.drop(columns='variant'), ckpt.drop(columns='variant')
+    for name, df in (('tasks.csv', tasks), ('summary.csv', ckpt)):
+        with atomic_write(run_dir/runs.ANALYSIS_DIR/name, 'w') as f: df.to_csv(f, index=False)
+    for step, c in ckpt[ckpt.measure == 'traj_coherence'].set_index('step')['value'].items():
+        D = torch.from_numpy(_unit_directions(seed, step, n_tasks, 64, c))
+        runs.write_pairwise(run_dir, step, range(n_tasks), traj_cosine=pairwise_cosine(D).numpy())
+    write_json(run_dir/'config.json', dict(synthetic=True, seed=seed, n_tasks=n_tasks))
+    return run_dir
+
+# %% ../nbs/02a_testutils.ipynb #0f016ede
+class SyntheticBackend:
+    "Closed-form landscapes for a `synthetic_run`: task t's loss is a bowl $\\tfrac12 c\\|\\theta-\\theta_t\\|^2 + L_0$."
+    def __init__(self, run_dir:str|Path, res:int=21, # grid points per axis
+                 dim:int=64, delay:float=0.0): # seconds of pretend work per task (to watch the progress bar)
+        run_dir = Path(run_dir); cfg = json.loads((run_dir/'config.json').read_text())
+        if not cfg.get('synthetic'): raise ValueError(f"{run_dir} is not a synthetic run (made by synthetic_run)")
+        self.seed, self.n_tasks, self.res, self.dim, self.delay = cfg['seed'], cfg['n_tasks'], res, dim, delay
+        self.m = pd.read_csv(run_dir/'analysis'/'summary.csv').pivot_table(index='step', columns='measure', values='value')
+        self.key, self.calls = f'synthetic-r{res}-d{dim}', []
+
+    def _geometry(self, step:int):
+        "The solutions [n_tasks, dim] (theta_s is the origin), the minima of the query bowls, the curvature."
+        m = self.m.loc[step]
+        r = m['distance'] * np.linspace(0.7, 1.3, self.n_tasks)[np.random.default_rng(self.seed).permutation(self.n_tasks)]
+        sol = r[:, None] * _unit_directions(self.seed, step, self.n_tasks, self.dim, m['traj_coherence'])
+        return sol, sol + 0.3 * m['distance'] * _unit_directions(self.seed + 1, step, self.n_tasks, self.dim, 0.), m['top_eig']
+
+    def support(self, task:int):
+        "Support images `[n, 1, H, W]` and labels: blocky random patterns, one per class."
+        rng = np.random.default_rng([self.seed, 7, task]); n_way, img = 5, 20
+        base = rng.random((n_way, img // 4, img // 4)) > 0.55
+        ims = np.kron(base, np.ones((4, 4))) * (0.75 + 0.25 * rng.random((n_way, img, img)))
+        return ims[:, None].astype('float32'), np.arange(n_way)
+
+# %% ../nbs/02a_testutils.ipynb #c53b5b87
+def _plane_basis(kind:str, sols:np.ndarray, seed:int) -> np.ndarray:
+    "Two orthonormal directions `[2, dim]`: the plane of the first two solutions (theta_s is the origin), or two random directions."
+    if kind == 'tasks':
+        e1 = sols[0] / np.linalg.norm(sols[0])
+        v = sols[1] - (sols[1] @ e1) * e1
+        return np.stack([e1, v / np.linalg.norm(v)])
+    return np.linalg.qr(np.random.default_rng(seed).normal(size=(sols.shape[1], 2)))[0].T
+
+# %% ../nbs/02a_testutils.ipynb #a56765ca
+@patch_to(SyntheticBackend)
+def slice(self, step:int, tasks:tuple, kind:str, progress:Callable|None=None) -> list:
+    "The `kind` landscapes of `tasks` at checkpoint `step`, as `metanb.results.RunBackend.slice` returns them."
+    from metanb.landscape import Landscape
+    if kind == 'tasks' and len(tasks) != 2: raise ValueError(f"the task plane needs two tasks, got {tasks}")
+    self.calls.append((step, tuple(tasks), kind))
+    (sol, qmin, c), m, grid = self._geometry(step), self.m.loc[step], np.linspace(-0.5, 1.5, self.res)
+    def bowls(P, i, t):   # support and query loss [1, ...] of task t at the points P [..., dim]
+        time.sleep(self.delay); out = [torch.from_numpy(0.5 * c * ((P - mn[t])**2).sum(-1) + m[f'{l}_loss'])[None] for mn, l in ((sol, 'support'), (qmin, 'query'))]
+        if progress: progress(i + 1, len(tasks))
+        return out
+    o = torch.zeros(self.dim, dtype=torch.float64); g = torch.from_numpy(grid)
+    if kind == '1d':
+        return [Landscape('line', g, None, *bowls(grid[:, None] * sol[t], i, t), None, None, {'θs': [0.0], f'θ{t}': [1.0]}, o, torch.from_numpy(sol[t])[None], 'batch',
+                          dict(distance=float(np.linalg.norm(sol[t])), x_label=f'fraction of θs -> θ{t}')) for i, t in enumerate(tasks)]
+    E = _plane_basis(kind, sol[list(tasks)], self.seed + step); xs = grid * float(np.linalg.norm(sol[list(tasks)], axis=1).max())
+    S, Q = zip(*[bowls(xs[None, :, None] * E[0] + xs[:, None, None] * E[1], i, t) for i, t in enumerate(tasks)])
+    land = Landscape('task_plane' if kind == 'tasks' else 'random_plane', torch.from_numpy(xs), torch.from_numpy(xs), torch.cat(S), torch.cat(Q), None, None,
+                     {'θs': [0.0, 0.0]}, o, torch.from_numpy(E), 'batch', dict(x_label='direction 1', y_label='direction 2'))
+    return [land.with_points(**{f'θ{t}': torch.from_numpy(sol[t]) for t in tasks})]
+
+# %% ../nbs/02a_testutils.ipynb #da1c7551
+def tiny_analysed_run(run_dir:str|Path) -> tuple[Path, nn.Module, SinusoidTasks]:
+    "A float64 sinusoid run (steps 0 and 10) analysed on 4 meta-test tasks (3 SGD steps, lr 0.02): `(run_dir, model, family)`."
+    from metanb.analysis import AnalysisConfig, analyse_run
+    class F64(SinusoidTasks):
+        def batch(self, idx): return super().batch(idx).to(torch.float64)
+    net, fam, run_dir = tiny_mlp(dtype=torch.float64), F64(5, 10, seed=1), Path(run_dir)
+    (run_dir/'checkpoints').mkdir(parents=True); write_json(run_dir/'config.json', dict(seed=0))
+    for st, scale in ((0, 1.0), (10, 1.1)):
+        torch.save({k: v * scale for k, v in params_of(net, detach=True).items()}, run_dir/'checkpoints'/f'step_{st:06d}.pt')
+    analyse_run(run_dir, AnalysisConfig(n_tasks=4, steps=3, lr=0.02, hessian=False, n_boot=50), model=net, family=fam, progress=False, log=None)
+    return run_dir, net, fam

@@ -1,6 +1,6 @@
 """The explorer driven without a browser: widget values in, plain-data state out (metanb.explorer).
 
-These tests use the synthetic run of metanb.explorer (closed-form surfaces), so that each check is
+These tests use the synthetic run of metanb.testutils (closed-form surfaces), so that each check is
 about the explorer's layers, not about training: the loader computes a slice once and caches it
 atomically on disk, moving a control never recomputes what is cached, the progress indicator is
 visible exactly while a slice is computed, and handler errors land in the explorer.
@@ -8,7 +8,9 @@ visible exactly while a slice is computed, and handler errors land in the explor
 import json
 import numpy as np
 import pytest
-from metanb.explorer import Explorer, RunResults, SyntheticBackend, synthetic_run, load_slice, SLICE_KINDS
+from metanb.explorer import Explorer
+from metanb.results import RunResults, load_landscapes, surfaces, SLICE_KINDS
+from metanb.testutils import SyntheticBackend, synthetic_run
 
 @pytest.fixture
 def run(tmp_path): return synthetic_run(tmp_path/'run', n_checkpoints=4, last_step=30, n_tasks=5)
@@ -16,10 +18,10 @@ def run(tmp_path): return synthetic_run(tmp_path/'run', n_checkpoints=4, last_st
 class Watching(SyntheticBackend):
     "A synthetic backend that records what the explorer's progress widgets show while it computes."
     explorer = None
-    def slice(self, step, tasks, kind, loss, progress=None):
+    def slice(self, step, tasks, kind, progress=None):
         ex = self.explorer
         if ex is not None: self.seen = (ex.progress_box.layout.visibility, ex.progress_label.value)
-        return super().slice(step, tasks, kind, loss, progress)
+        return super().slice(step, tasks, kind, progress)
 
 def test_controls_are_wired_and_expensive_ones_wait_for_release(run):
     ex = Explorer(run, backend=SyntheticBackend(run))
@@ -42,7 +44,7 @@ def test_slider_updates_every_panel_and_reads_the_cache_afterwards(run):
     assert st['panels']['slice']['computed'] is True
     ex.step_slider.value = 0
     assert ex.state['panels']['slice']['computed'] is False and ex.state['panels']['slice']['png'] == first['panels']['slice']['png']
-    assert ex.results.backend.calls == [(0, (1, 4), '1d', 'support'), (20, (1, 4), '1d', 'support')]
+    assert ex.results.backend.calls == [(0, (1, 4), '1d'), (20, (1, 4), '1d')]
     assert ex.state['errors'] == []
     json.dumps(ex.state)                                                       # plain data all the way down
 
@@ -66,7 +68,7 @@ def test_set_changes_several_controls_with_one_update(run):
     bk = SyntheticBackend(run)
     ex = Explorer(run, backend=bk, step=0)
     ex.set(step=30, tasks=(2, 4), kind='tasks', loss='query')
-    assert bk.calls[-1] == (30, (2, 4), 'tasks', 'query') and len(bk.calls) == 2   # no intermediate slices
+    assert bk.calls[-1] == (30, (2, 4), 'tasks') and len(bk.calls) == 2   # no intermediate slices
     with pytest.raises(ValueError, match='use one of'): ex.set(step=15)
     with pytest.raises(ValueError, match='not meta-test tasks'): ex.set(tasks=(2, 99))
     with pytest.raises(ValueError, match='use one of'): ex.set(loss='train')
@@ -83,18 +85,18 @@ def test_progress_is_visible_only_while_a_new_slice_is_computed(run):
 
 def test_slices_are_cached_on_disk_once_and_atomically(run):
     r = RunResults(run, SyntheticBackend(run))
-    s = r.slice(10, (0, 2), 'random', 'support')
-    p = r.slice_path(10, (0, 2), 'random', 'support')
+    s = r.slice(10, (0, 2), 'random')
+    p = r.slice_path(10, (0, 2), 'random')
     assert p.is_file() and p.is_relative_to(run/'analysis'/'explorer')
     assert [q.name for q in p.parent.iterdir()] == [p.name]                    # no temporary file left behind
-    np.testing.assert_array_equal(load_slice(p).values, s.values)
+    np.testing.assert_array_equal(surfaces(load_landscapes(p), 'support'), surfaces(s, 'support'))
     r2 = RunResults(run, SyntheticBackend(run))                                # a new session reads the file
-    assert r2.is_cached(10, (0, 2), 'random', 'support')
-    np.testing.assert_array_equal(r2.slice(10, (0, 2), 'random', 'support').values, s.values)
+    assert r2.is_cached(10, (0, 2), 'random')
+    np.testing.assert_array_equal(surfaces(r2.slice(10, (0, 2), 'random'), 'query'), surfaces(s, 'query'))
     assert r2.backend.calls == [] and r2.computed == 0
     r3 = RunResults(run, SyntheticBackend(run, res=11))                        # other settings: another file
-    assert not r3.is_cached(10, (0, 2), 'random', 'support')
-    assert r3.slice(10, (0, 2), 'random', 'support').values.shape == (2, 11, 11)
+    assert not r3.is_cached(10, (0, 2), 'random')
+    assert surfaces(r3.slice(10, (0, 2), 'random'), 'support').shape == (2, 11, 11)
 
 def test_handler_errors_are_shown_in_the_explorer(run):
     class Broken(SyntheticBackend):
@@ -119,20 +121,17 @@ def test_bad_runs_fail_with_clear_errors(tmp_path, run):
     assert any('wrote no pairwise matrices' in e for e in ex.state['errors'])
     assert set(SLICE_KINDS) == {'1d', 'tasks', 'random'}
 
-def test_a_backend_that_computes_both_losses_fills_both_caches(run):
-    class Both(SyntheticBackend):
-        def slice(self, step, tasks, kind, loss, progress=None):
-            other = 'query' if loss == 'support' else 'support'
-            return [super().slice(step, tasks, kind, loss, progress), super().slice(step, tasks, kind, other, progress)]
-    bk = Both(run)
+def test_one_computation_serves_both_losses(run):
+    bk = SyntheticBackend(run)
     ex = Explorer(run, backend=bk, step=10, kind='random')
     n = len(bk.calls)
-    ex.loss_buttons.value = 'query'                                            # cached with the support slice
+    ex.loss_buttons.value = 'query'                                            # the landscapes hold both losses
     assert len(bk.calls) == n and ex.state['panels']['slice']['computed'] is False
-    assert RunResults(run, bk).is_cached(10, (0, 1), 'random', 'query')
+    assert ex.state['panels']['slice']['loss'] == 'query'
+    assert RunResults(run, bk).is_cached(10, (0, 1), 'random')
     class Wrong(SyntheticBackend):
-        def slice(self, step, tasks, kind, loss, progress=None): return super().slice(step, tasks, kind, 'query', progress)
-    with pytest.raises(ValueError, match='for the request'): RunResults(run, Wrong(run)).slice(0, (0, 1), '1d', 'support')
+        def slice(self, step, tasks, kind, progress=None): return super().slice(step, tasks, 'random', progress)
+    with pytest.raises(ValueError, match='for the request'): RunResults(run, Wrong(run)).slice(0, (0, 1), '1d')
 
 def test_run_backend_uses_the_analysis_tasks_and_inner_loop(tmp_path):
     "On a trained and analysed run, Explorer(run_dir) alone rebuilds the analysis' tasks: its distances match tasks.csv."
@@ -148,7 +147,7 @@ def test_run_backend_uses_the_analysis_tasks_and_inner_loop(tmp_path):
     st = ex.state
     assert st['errors'] == [] and st['steps'] == [0, 2, 4] and ex.results.task_ids == [0, 1, 2]
     assert (ex.results.backend.steps, ex.results.backend.task_seed) == (3, 7)
-    s = ex.results.slice(2, (0, 2), '1d', 'support')
+    s = ex.results.slice(2, (0, 2), '1d')
     d = tasks[(tasks.step == 2) & (tasks.measure == 'distance')].set_index('task')['value']
-    np.testing.assert_allclose([s.meta['distances']['0'], s.meta['distances']['2']], [d[0], d[2]], rtol=1e-4)
+    np.testing.assert_allclose([s[0].meta['distance'], s[1].meta['distance']], [d[0], d[2]], rtol=1e-4)
     assert st['panels']['support']['n_support'] == [5, 5]                     # regression: support points
