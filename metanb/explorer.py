@@ -112,13 +112,13 @@ def _layout(self):
 
 # %% ../nbs/12_explorer.ipynb #4d95b2dd
 @patch_to(Explorer, as_prop=True)
-def step(self) -> int: return int(self.step_slider.value)
+def step(self) -> int: "The checkpoint shown (the step slider's value)."; return int(self.step_slider.value)
 @patch_to(Explorer, as_prop=True)
-def tasks(self) -> tuple: return tuple(dict.fromkeys(t for t in (self.task_a.value, self.task_b.value) if t is not None))
+def tasks(self) -> tuple: "The chosen tasks (one or two, without repeats)."; return tuple(dict.fromkeys(t for t in (self.task_a.value, self.task_b.value) if t is not None))
 @patch_to(Explorer, as_prop=True)
-def kind(self) -> str: return self.kind_buttons.value
+def kind(self) -> str: "The slice kind shown: '1d', 'tasks' or 'random'."; return self.kind_buttons.value
 @patch_to(Explorer, as_prop=True)
-def loss(self) -> str: return self.loss_buttons.value
+def loss(self) -> str: "The loss shown on the slices: 'support' or 'query'."; return self.loss_buttons.value
 
 # %% ../nbs/12_explorer.ipynb #980d9997
 @patch_to(Explorer)
