@@ -160,14 +160,18 @@ def read_checkpoint_file(path:str|Path, map_location='cpu'):
         raise CheckpointError(f"checkpoint {path} is unreadable: {why} ({type(e).__name__}); delete it (training resumes from the previous checkpoint) or restore it") from None
 
 # %% ../nbs/03a_runs.ipynb #e5a1acaf
-def load_checkpoint(run_dir:str|Path, step:int|None=None, # None: the latest
-                    map_location='cpu') -> dict:
-    "Load a checkpoint with `weights_only=True` and check it has `step` and `params`."
+def _checkpoint_of(run_dir:str|Path, step:int|None) -> Path:
+    "The checkpoint file of `step` (None: the latest) in `run_dir`, with a clear error when there is none."
     steps = list_checkpoints(run_dir)
     if not steps: raise FileNotFoundError(f"{run_dir} has no checkpoints (expected {CKPT_DIR}/step_NNNNNN.pt)")
     if step is None: step = steps[-1]
     if step not in steps: raise FileNotFoundError(f"{run_dir} has no checkpoint at step {step}: it has {steps}")
-    ck = read_checkpoint_file(p := ckpt_path(run_dir, step), map_location)
+    return ckpt_path(run_dir, step)
+
+def load_checkpoint(run_dir:str|Path, step:int|None=None, # None: the latest
+                    map_location='cpu') -> dict:
+    "Load a checkpoint with `weights_only=True` and check it has `step` and `params`."
+    ck = read_checkpoint_file(p := _checkpoint_of(run_dir, step), map_location)
     miss = [k for k in ('step', 'params') if k not in ck] if isinstance(ck, dict) else ['step', 'params']
     if miss: raise CheckpointError(f"checkpoint {p} lacks {miss}: it is not a metanb checkpoint (see metanb.runs, the checkpoint table)")
     if not isinstance(ck['params'], dict) or not all(isinstance(t, Tensor) for t in ck['params'].values()):
@@ -179,14 +183,14 @@ def load_checkpoint(run_dir:str|Path, step:int|None=None, # None: the latest
 def load_params(src:str|Path, # a run directory, or one checkpoint file
                 step:int|None=None, # with a run directory: the checkpoint's step (None: the latest)
                 device='cpu') -> Params:
-    "The params dict of a checkpoint, loaded weights-only and checked: of a run (`step`), or of a file holding `{'params': ...}` or a plain params dict."
-    if Path(src).is_dir(): return load_checkpoint(src, step, map_location=device)['params']
-    if step is not None: raise ValueError(f"step={step} picks a checkpoint of a run directory, but {src} is a file: pass the run directory, or step=None")
+    "The params dict of a checkpoint, loaded weights-only and checked (plain tensors): of a run (`step`), or of a file holding `{'params': ...}` or a plain params dict."
+    if Path(src).is_dir(): src = _checkpoint_of(src, step)
+    elif step is not None: raise ValueError(f"step={step} picks a checkpoint of a run directory, but {src} is a file: pass the run directory, or step=None")
     o = read_checkpoint_file(src, device)   # CheckpointError naming the file
     p = o.get('params', o) if isinstance(o, dict) else None
     if not isinstance(p, dict) or not p or not all(isinstance(v, Tensor) for v in p.values()):
         raise CheckpointError(f"checkpoint {src} holds no params dict: save either {{name: tensor}} or {{'params': {{name: tensor}}, ...}}")
-    return p
+    return {k: v.detach() for k, v in p.items()}   # plain tensors, also from saved nn.Parameters
 
 # %% ../nbs/03a_runs.ipynb #1b902ef8
 ANALYSIS_DIR = 'analysis'
