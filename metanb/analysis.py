@@ -21,7 +21,7 @@ from .coherence import pairwise_cosine, gram, support_gradients
 from .hessian import bn_context, make_batch_loss_fn, batch_top_eigenvalue, batch_hutchinson_trace, BN_MODES
 from .stats import aggregate_tasks, validate_tasks, validate_checkpoints, peak_start
 from .runs import (LOG, ANALYSIS_DIR, STEP_FILES, TASK_COLUMNS, SUMMARY_COLUMNS, ckpt_path, list_checkpoints, read_config, read_log,
-                         model_from_config, meta_test_family, meta_test_settings, load_params, run_identity, step_dir, analysed_steps,
+                         model_from_config, meta_test_family, meta_test_settings, load_params, run_identity, step_dir, analysed_steps, read_step_meta,
                          write_pairwise, RunLock, clean_tmp)
 
 # %% auto #0
@@ -198,7 +198,7 @@ def _setup(config:dict, cfg:AnalysisConfig, model, family):
 def cached_step(run_dir:str|Path, step:int, sha:str, key:str) -> bool:
     "Whether checkpoint `step` with content hash `sha` is already analysed with settings `key`."
     d = step_dir(run_dir, step)
-    try: m = json.loads((d/'meta.json').read_text())
+    try: m = read_step_meta(run_dir, step)
     except (OSError, json.JSONDecodeError): return False
     return m.get('checkpoint_sha256') == sha and m.get('settings_key') == key and all((d/f).is_file() for f in STEP_FILES)
 

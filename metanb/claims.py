@@ -192,7 +192,7 @@ def checkpoint_rows(ckpt:pd.DataFrame, val:pd.DataFrame|None=None, conf:float=0.
     "Rows of claims 1-4 (and the flatness reference) from one variant's per-checkpoint table (and its validation curves)."
     have = [m for m in _NEEDS if m in set(ckpt['measure'])]
     steps, runs, X = study_arrays(ckpt, have, n_draws, seed, tasks)
-    start, no_val = None, "needs validation curves (val_acc in each run's train_log.csv: stats.study_inputs)"
+    start, no_val = None, "needs validation curves (val_acc in each run's train_log.csv: metanb.claims.study_inputs)"
     if val is not None:
         try: start = peak_start(val, runs, steps)
         except ValueError as e: no_val = str(e)

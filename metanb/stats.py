@@ -424,13 +424,13 @@ def difference(a:dict, b:dict, conf:float=0.95) -> dict:
                 interval=f'{ka} + {kb} seeds + tasks (Welch)', seeds_agree='', sign_p=np.nan)
 
 # %% ../nbs/10_stats.ipynb #728663f8
-def peak_start(val:pd.DataFrame, # validation curves: run, step, val_acc (`study_inputs`)
+def peak_start(val:pd.DataFrame, # validation curves: run, step, val_acc (`metanb.claims.study_inputs`)
                runs:pd.DataFrame, steps:np.ndarray) -> np.ndarray:
     "Per run: index of the first checkpoint at or after the run's validation-accuracy peak (the peak is chosen on validation tasks only)."
     out = []
     for run in runs['run']:
         v = val[(val['run'] == run) & (val['step'] <= steps[-1])].dropna(subset=['val_acc'])
-        if not len(v): raise ValueError(f"the validation curves have no val_acc of run {run!r} up to step {int(steps[-1])}: pass the runs' train_log.csv (stats.study_inputs)")
+        if not len(v): raise ValueError(f"the validation curves have no val_acc of run {run!r} up to step {int(steps[-1])}: pass the runs' train_log.csv (metanb.claims.study_inputs)")
         out.append(int(np.searchsorted(steps, v.loc[v['val_acc'].idxmax(), 'step'])))
     return np.asarray(out)
 
