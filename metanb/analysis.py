@@ -5,7 +5,7 @@
 # %% ../nbs/09_analysis.ipynb #3ca35b82
 from __future__ import annotations
 import contextlib, hashlib, json, time, math
-from dataclasses import dataclass, asdict, field, fields
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable
 import numpy as np
@@ -14,19 +14,20 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 from fastprogress.fastprogress import progress_bar
-from .core import Params, flatten, stack_params, unstack_params, get_device, write_json, atomic_write, tune_malloc, full_float32, CheckpointError
+from .core import Params, flatten, stack_params, get_device, write_json, atomic_write, tune_malloc, full_float32, CheckpointError
 from .tasks import TaskBatch
 from .maml import adapt, forward, task_loss, accuracy, resolve_batching, evaluate, check_params
 from .coherence import pairwise_cosine, gram, support_gradients
 from .hessian import bn_context, make_batch_loss_fn, batch_top_eigenvalue, batch_hutchinson_trace, BN_MODES
-from .stats import aggregate_tasks, validate_tasks, validate_checkpoints, peak_start, TASK_COLUMNS, CHECKPOINT_COLUMNS
-from .runs import ckpt_path, read_checkpoint_file, RunLock, clean_tmp, list_checkpoints, read_config, inner_settings, model_from_config, task_family_from_config, read_log, LOG
+from .stats import aggregate_tasks, validate_tasks, validate_checkpoints, peak_start
+from .runs import (LOG, ANALYSIS_DIR, STEP_FILES, TASK_COLUMNS, SUMMARY_COLUMNS, ckpt_path, list_checkpoints, read_config, read_log,
+                         model_from_config, meta_test_family, meta_test_settings, load_params, run_identity, step_dir, analysed_steps, read_step_meta,
+                         write_pairwise, RunLock, clean_tmp)
 
 # %% auto #0
-__all__ = ['STEP_FILES', 'FRESH', 'FRESH_PEAK', 'FRESH_SEED', 'AnalysisConfig', 'adapt_tasks', 'offdiag_mean', 'coherence_ci',
-           'measure_checkpoint', 'task_table', 'checkpoint_table', 'file_sha256', 'load_params', 'run_identity',
-           'step_dir', 'cached_step', 'analyse_checkpoint', 'analyse_run', 'collect', 'load_analysis',
-           'peak_checkpoint', 'fresh_tasks']
+__all__ = ['FRESH', 'FRESH_PEAK', 'FRESH_SEED', 'AnalysisConfig', 'adapt_tasks', 'offdiag_mean', 'coherence_ci',
+           'measure_checkpoint', 'task_table', 'checkpoint_table', 'file_sha256', 'cached_step', 'analyse_checkpoint',
+           'analyse_run', 'collect', 'load_analysis', 'peak_checkpoint', 'fresh_tasks']
 
 # %% ../nbs/09_analysis.ipynb #657d30bc
 @dataclass
@@ -176,7 +177,7 @@ def checkpoint_table(res:dict, tasks:pd.DataFrame) -> pd.DataFrame:
     k = tasks.iloc[0][['variant', 'run', 'seed', 'step']].to_dict()   # agg is empty when every measurement is NaN
     n = int(tasks['task'].nunique())
     coh = pd.DataFrame([dict(k, measure=m, value=v, ci_low=lo, ci_high=hi, n=n) for m, (v, lo, hi) in res['checkpoint'].items()])
-    return validate_checkpoints(pd.concat([agg, coh], ignore_index=True)[['variant'] + list(CHECKPOINT_COLUMNS)])
+    return validate_checkpoints(pd.concat([agg, coh], ignore_index=True)[['variant'] + list(SUMMARY_COLUMNS)])
 
 # %% ../nbs/09_analysis.ipynb #ebcbd1ae
 def file_sha256(path:str|Path) -> str:
@@ -186,59 +187,29 @@ def file_sha256(path:str|Path) -> str:
         for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
     return h.hexdigest()
 
-def load_params(path:str|Path, device='cpu') -> Params:
-    "The params dict of a checkpoint file (a dict with 'params', or a plain params dict), loaded weights-only."
-    o = read_checkpoint_file(path, device)   # metanb.runs' checked loader: CheckpointError naming the file
-    p = o.get('params', o) if isinstance(o, dict) else None
-    if not isinstance(p, dict) or not p or not all(isinstance(v, Tensor) for v in p.values()):
-        raise CheckpointError(f"checkpoint {path} holds no params dict: save either {{name: tensor}} or {{'params': {{name: tensor}}, ...}}")
-    return p
-
-# %% ../nbs/09_analysis.ipynb #dc931c01
-def run_identity(run_dir:str|Path, config:dict) -> dict:
-    "`run` (the directory name), `seed` and `variant` of a run, as the tables label it."
-    v = config.get('variant')
-    if v is None:
-        alg = config.get('algorithm', 'maml')
-        alg = 'fomaml' if alg == 'maml' and config.get('first_order') else alg
-        reg = config.get('regularizer')
-        v = f"{alg}+{reg}" if reg not in (None, '', 'none') else alg
-    return dict(run=Path(run_dir).resolve().name, seed=int(config.get('seed', 0)), variant=str(v))
-
 # %% ../nbs/09_analysis.ipynb #675273e7
-def _meta_test(config:dict, cfg:AnalysisConfig) -> tuple[int, float]:
-    "Meta-test inner steps and learning rate: the analysis settings, else the run's (`metanb.runs.inner_settings`)."
-    if cfg.steps is not None and cfg.lr is not None: return cfg.steps, cfg.lr
-    r = inner_settings(config, 'test')
-    return (cfg.steps if cfg.steps is not None else r['steps']), (cfg.lr if cfg.lr is not None else r['lr'])
-
 def _setup(config:dict, cfg:AnalysisConfig, model, family):
     "Model and the fixed meta-test `TaskBatch` of a run: tasks `0..n_tasks-1` of its test family, seeded with the analysis seed."
     model = model if model is not None else model_from_config(config)
-    family = family if family is not None else task_family_from_config({**config, 'seed': cfg.seed}, 'test')
+    family = family if family is not None else meta_test_family(config, cfg.seed)
     return model, family.batch(range(cfg.n_tasks))
 
 # %% ../nbs/09_analysis.ipynb #c41386e7
-STEP_FILES = ('tasks.csv', 'summary.csv', 'pairwise.npz')
-
-def step_dir(run_dir:str|Path, step:int) -> Path:
-    "The folder of checkpoint `step`'s analysis: `analysis/step_NNNNNN/`."
-    return Path(run_dir)/'analysis'/f'step_{int(step):06d}'
-
 def cached_step(run_dir:str|Path, step:int, sha:str, key:str) -> bool:
     "Whether checkpoint `step` with content hash `sha` is already analysed with settings `key`."
     d = step_dir(run_dir, step)
-    try: m = json.loads((d/'meta.json').read_text())
+    try: m = read_step_meta(run_dir, step)
     except (OSError, json.JSONDecodeError): return False
     return m.get('checkpoint_sha256') == sha and m.get('settings_key') == key and all((d/f).is_file() for f in STEP_FILES)
 
 def _write_csv(df:pd.DataFrame, path:Path):
     with atomic_write(path, 'w') as f: df.to_csv(f, index=False)
 
-def _write_step(d:Path, tasks:pd.DataFrame, summ:pd.DataFrame, res:dict, task_ids, meta:dict):
-    "Write a checkpoint's files, `meta.json` last."
+def _write_step(run_dir:Path, step:int, tasks:pd.DataFrame, summ:pd.DataFrame, res:dict, task_ids, meta:dict):
+    "Write a checkpoint's files (`metanb.runs.STEP_FILES`), `meta.json` last."
+    d = step_dir(run_dir, step)
     _write_csv(tasks, d/'tasks.csv'); _write_csv(summ, d/'summary.csv')
-    with atomic_write(d/'pairwise.npz', 'wb') as f: np.savez(f, tasks=np.asarray(task_ids, 'int64'), **res['pairwise'])
+    write_pairwise(run_dir, step, task_ids, **res['pairwise'])
     write_json(d/'meta.json', meta)
 
 # %% ../nbs/09_analysis.ipynb #99f45829
@@ -247,7 +218,7 @@ def analyse_checkpoint(run_dir:str|Path, step:int, cfg:AnalysisConfig, *, model,
     "Measure checkpoint `step` of a run, write `analysis/step_NNNNNN/`, and return its (per-task, per-checkpoint) tables."
     t0, path = time.perf_counter(), ckpt_path(run_dir, step)
     sha = sha or file_sha256(path)
-    theta = load_params(path, device or 'cpu')
+    theta = load_params(path, device=device or 'cpu')
     try: check_params(model, theta)
     except KeyError as e: raise CheckpointError(f"checkpoint {path} does not fit the run's model: {e.args[0]}") from None
     res = measure_checkpoint(model, theta, tasks, cfg, steps=steps, lr=lr)
@@ -257,7 +228,7 @@ def analyse_checkpoint(run_dir:str|Path, step:int, cfg:AnalysisConfig, *, model,
     meta = dict(step=int(step), checkpoint=path.name, checkpoint_sha256=sha, settings_key=cfg.key(steps, lr),
                 settings={**cfg.settings(), 'steps': steps, 'lr': lr}, info=res['info'], **ident,
                 device=str(device), seconds=round(time.perf_counter() - t0, 3))
-    _write_step(step_dir(run_dir, step), tt, ct, res, ids, meta)
+    _write_step(run_dir, step, tt, ct, res, ids, meta)
     return tt, ct
 
 # %% ../nbs/09_analysis.ipynb #fa39bd54
@@ -272,7 +243,7 @@ def _run_lock(run_dir:Path, steps_only=None):
     rank, n = _ranks()
     if rank != 0 or not run_dir.is_dir(): yield; return   # no directory: read_config says so
     with RunLock(run_dir):
-        a = run_dir/'analysis'
+        a = run_dir/ANALYSIS_DIR
         if n == 1: clean_tmp(a, recursive=True)   # other ranks of a distributed analysis may be writing their steps
         else: clean_tmp(a); [clean_tmp(step_dir(run_dir, s)) for s in (steps_only or [])]
         yield
@@ -301,7 +272,8 @@ def _analyse_run(run_dir, cfg, model, family, steps_only, force, progress, log, 
         missing = sorted(set(steps_only) - set(ckpts))
         if missing: raise ValueError(f"no checkpoint for step(s) {missing} in {run_dir} (it has {list(ckpts)})")
         ckpts = {s: p for s, p in ckpts.items() if s in set(steps_only)}
-    ident, (steps, lr), dev = run_identity(run_dir, config), _meta_test(config, cfg), get_device(cfg.device)
+    ident, inner, dev = run_identity(run_dir, config), meta_test_settings(config, cfg.steps, cfg.lr), get_device(cfg.device)
+    steps, lr = inner['steps'], inner['lr']
     key, ready = cfg.key(steps, lr), None
     for step in (progress_bar(list(ckpts)) if progress else list(ckpts)):
         sha = file_sha256(ckpts[step])
@@ -318,9 +290,8 @@ def _analyse_run(run_dir, cfg, model, family, steps_only, force, progress, log, 
 # %% ../nbs/09_analysis.ipynb #5d1ca802
 def collect(run_dir:str|Path, steps=None, write:bool=False) -> tuple[pd.DataFrame, pd.DataFrame]:
     "The run's (per-task, per-checkpoint) tables from its analysed checkpoints; `write` saves analysis/tasks.csv and summary.csv."
-    a = Path(run_dir)/'analysis'
-    dirs = sorted(a.glob('step_*/meta.json')) if steps is None else [step_dir(run_dir, s)/'meta.json' for s in steps]
-    dirs = [d.parent for d in dirs if d.is_file()]
+    a = Path(run_dir)/ANALYSIS_DIR
+    dirs = [d for s in (analysed_steps(run_dir) if steps is None else steps) if ((d := step_dir(run_dir, s))/'meta.json').is_file()]
     if not dirs: raise FileNotFoundError(f"{a} holds no analysed checkpoints: run metanb.analysis.analyse_run (or `metanb analyze {run_dir}`) first")
     tasks = pd.concat([pd.read_csv(d/'tasks.csv') for d in dirs], ignore_index=True)
     summ = pd.concat([pd.read_csv(d/'summary.csv') for d in dirs], ignore_index=True)
@@ -330,7 +301,7 @@ def collect(run_dir:str|Path, steps=None, write:bool=False) -> tuple[pd.DataFram
 
 def load_analysis(run_dir:str|Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Read a run's analysis/tasks.csv and analysis/summary.csv as validated tidy tables."
-    a = Path(run_dir)/'analysis'
+    a = Path(run_dir)/ANALYSIS_DIR
     if not (a/'summary.csv').is_file(): raise FileNotFoundError(f"{a/'summary.csv'} does not exist: analyse the run first (`metanb analyze {run_dir}`)")
     return validate_tasks(pd.read_csv(a/'tasks.csv')), validate_checkpoints(pd.read_csv(a/'summary.csv'))
 
@@ -358,12 +329,12 @@ def fresh_tasks(run_dir:str|Path, # a run directory
     if at not in ('final', 'peak'): raise ValueError(f"at={at!r}: use 'final' or 'peak'")
     step = steps[-1] if at == 'final' else peak_checkpoint(run_dir)
     if step is None: raise ValueError(f"{run_dir} has no validation curve (val_acc in {LOG}): fresh tasks at the peak need a run trained with val_every > 0")
-    path, inner = run_dir/'analysis'/(FRESH if at == 'final' else FRESH_PEAK), inner_settings(config, 'test')
+    path, inner = run_dir/ANALYSIS_DIR/(FRESH if at == 'final' else FRESH_PEAK), meta_test_settings(config)
     key = dict(step=step, sha=file_sha256(ckpt_path(run_dir, step)), n_tasks=n_tasks, seed=seed, **inner)
     meta = path.with_suffix('.json')
     if not force and path.is_file() and meta.is_file() and json.loads(meta.read_text()) == key: return pd.read_csv(path)
-    dev = get_device(device); model, theta = model_from_config(config).to(dev), load_params(ckpt_path(run_dir, step), dev)
-    fam, res = task_family_from_config({**config, 'seed': seed}, 'test'), []
+    dev = get_device(device); model, theta = model_from_config(config).to(dev), load_params(ckpt_path(run_dir, step), device=dev)
+    fam, res = meta_test_family(config, seed), []
     for a in range(0, n_tasks, chunk): res.append(evaluate(model, theta, fam.batch(range(a, min(a + chunk, n_tasks))).to(dev), batching=batching, **inner))
     cols = {k: torch.cat([r[k] for r in res]).cpu().double().numpy() for k in ('loss', 'acc') if k in res[0]}
     df = pd.DataFrame(dict(**run_identity(run_dir, config), step=step, task=np.arange(n_tasks), **cols))

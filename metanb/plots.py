@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from .core import atomic_write
 from .stats import (GENERALIZATION, MEASURES, validate_checkpoints, aggregate_seeds, correlations, ci_text,
-                          checkpoint_wide, variant_summary, overfitting)
+                          checkpoint_wide, variant_summary)
+from .claims import overfitting
 
 # %% auto #0
 __all__ = ['seed_bands', 'plot_measures_vs_step', 'plot_coherence_vs_accuracy', 'plot_final', 'plot_learning_curves',
@@ -144,7 +145,7 @@ def plot_final(ckpt:pd.DataFrame, # per-checkpoint table (variants compared, or 
     return fig
 
 # %% ../nbs/11_plots.ipynb #cb8c44d5
-def plot_learning_curves(curves:pd.DataFrame, # `metanb.stats.learning_curves`
+def plot_learning_curves(curves:pd.DataFrame, # `metanb.claims.learning_curves`
                          order:Sequence[str]|None=None, # variants left to right (default: table order)
                          size=(3.4, 2.8), dpi:int=80) -> Figure:
     "Training and meta-validation accuracy over meta-training, one panel per variant: seeds thin, their mean thick, peaks dotted."

@@ -1,6 +1,7 @@
 "The claims table holds its stated error rate: simulated studies where each claim is false (or planted), statistics only."
 import numpy as np, pandas as pd, pytest
-from metanb.stats import calibration, claims_table, synthetic_study, CALIBRATION, ALPHA
+from metanb.stats import synthetic_study, ALPHA
+from metanb.claims import calibration, claims_table, CALIBRATION
 
 N = 200  # simulated studies per (study, number of seeds)
 SLACK = 2 * np.sqrt(ALPHA * (1 - ALPHA) / N)  # two Monte Carlo standard errors at the nominal rate

@@ -10,7 +10,8 @@ from metanb.core import MetanbError, RunLocked, CheckpointError, ConfigError, Di
 from metanb.runs import (RunLock, ckpt_path, list_checkpoints, load_checkpoint, read_checkpoint_file, read_config,
                          save_checkpoint, write_config)
 from metanb.train import TrainConfig, train
-from metanb.analysis import coherence_ci, load_params, analyse_run
+from metanb.analysis import coherence_ci, analyse_run
+from metanb.runs import load_params
 
 CFG = dict(dataset='sinusoid', shots=5, queries=5, meta_batch=4, inner_lr=0.01, inner_steps_train=1, inner_steps_test=1,
            outer_lr=1e-2, meta_iters=12, ckpt_every=4, ckpt_log=None, val_every=0, val_tasks=8, threads=1)
