@@ -226,13 +226,14 @@ def _square_axes(pts:dict, n:int, margin:float=0.5) -> tuple[Tensor, Tensor]:
 def _landscapes(self, step:int, tasks:tuple, kind:str, progress:Callable|None):
     "The slices of `tasks` (a line per task for '1d', one plane scoring every task otherwise), theta_s and the solutions."
     from metanb import landscape as L
-    from metanb.analysis import adapt_tasks, load_params
+    from metanb.analysis import load_params
+    from metanb.maml import evaluate
     from metanb.core import unstack_params
     from metanb.hessian import bn_context
     p, b = load_params(self.run_dir/'checkpoints'/f'step_{int(step):06d}.pt'), self.family.batch(list(tasks))
     with bn_context(self.model, self.bn_mode):   # the solutions the analysis measured
-        sols = unstack_params(adapt_tasks(self.model, p, b, steps=self.steps, lr=self.lr))
-    kw = dict(bn_mode=self.bn_mode, chunk_size=self.chunk_size)
+        sols = unstack_params(evaluate(self.model, p, b, steps=self.steps, lr=self.lr, fused_bn=False, solutions=True)['adapted'])
+    kw = dict(bn_mode=self.bn_mode, points_per_call=self.chunk_size)
     if kind == '1d':
         out = []
         for i in range(len(tasks)):

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field, fields
 from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call, vmap, jvp, grad as func_grad
-from .core import Params, flatten, unflatten, numel, make_generator, full_float32
-from .models import MetaBatchNorm, vmap_inexact
+from torch.func import functional_call, jvp, grad as func_grad
+from .core import Params, flatten, unflatten, numel, make_generator, full_float32, map_tasks
+from .models import MetaBatchNorm
+from .maml import resolve_batching
 
 # %% auto #0
 __all__ = ['BN_MODES', 'METHODS', 'WHICH', 'bn_context', 'ModelLoss', 'make_loss_fn', 'make_batch_loss_fn', 'HessianOperator',
@@ -62,13 +63,12 @@ def _check_bn_mode(model, bn_mode):
 # %% ../nbs/05_hessian.ipynb #2f682e11
 class ModelLoss:
     "`loss_fn(params)`: the mean loss of `model` on `(x, y)` in a stated batchnorm mode; per-task losses `[T]` when `batched`."
-    def __init__(self, model:nn.Module, x:Tensor, y:Tensor, bn_mode:str='batch', loss='auto', batched:bool=False, vectorize:bool|None=None):
+    def __init__(self, model:nn.Module, x:Tensor, y:Tensor, bn_mode:str='batch', loss='auto', batched:bool=False,
+                 batching:str='auto'): # tasks of a batched loss: 'loop', 'vmap' or 'auto' (metanb.maml.resolve_batching)
         _check_bn_mode(model, bn_mode)
-        bad = vmap_inexact(model) if batched else []
-        if vectorize and bad: raise ValueError(f"vectorize=True would vmap second derivatives through {', '.join(bad[:3])}, which are inexact under torch.func.vmap: pass vectorize=False (a loop over tasks) or convert batchnorms with metanb.models.exact_batchnorm(model)")
-        if vectorize is None: vectorize = not bad
         if batched and x.shape[0] != y.shape[0]: raise ValueError(f"xs and ys disagree on the number of tasks: {x.shape[0]} vs {y.shape[0]}")
-        self.model, self.x, self.y, self.bn_mode, self.loss, self.batched, self.vectorize = model, x, y, bn_mode, loss, batched, vectorize
+        self.mode = resolve_batching(batching, x.device, model) if batched else None   # 'loop' or 'vmap'
+        self.model, self.x, self.y, self.bn_mode, self.loss, self.batched = model, x, y, bn_mode, loss, batched
         self._loss = _resolve_loss(loss, y)
         self.buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
 
@@ -77,13 +77,12 @@ class ModelLoss:
     def __call__(self, params:Params) -> Tensor:
         with bn_context(self.model, self.bn_mode):
             if not self.batched: return self._one(params, self.x, self.y)
-            if self.vectorize: return vmap(self._one)(params, self.x, self.y)
-            return torch.stack([self._one({k: v[i] for k, v in params.items()}, self.x[i], self.y[i]) for i in range(len(self.x))])
+            return map_tasks(self._one, params, self.x, self.y, mode=self.mode)
 
     def subset(self, idx) -> ModelLoss:
         "The same loss on tasks `idx` only (batched losses)."
         if not self.batched: raise ValueError("subset() needs a batched loss (make_batch_loss_fn)")
-        return ModelLoss(self.model, self.x[idx], self.y[idx], self.bn_mode, self.loss, True, self.vectorize)
+        return ModelLoss(self.model, self.x[idx], self.y[idx], self.bn_mode, self.loss, True, self.mode)
 
     def __repr__(self): return f"ModelLoss({type(self.model).__name__}, x={tuple(self.x.shape)}, bn_mode={self.bn_mode!r}, batched={self.batched})"
 
@@ -97,10 +96,10 @@ def make_loss_fn(model:nn.Module, x:Tensor, y:Tensor, # one task's inputs and ta
 
 def make_batch_loss_fn(model:nn.Module, xs:Tensor, ys:Tensor, # [T, ...] per-task inputs and targets
                        bn_mode:str='batch', loss='auto',
-                       vectorize:bool|None=None, # vmap over tasks (True), a Python loop (False); None: vmap unless the model's layers are inexact under vmap
+                       batching:str='auto', # 'vmap' over tasks, a 'loop', or 'auto' (vmap on CUDA when exact for the model)
                       ) -> ModelLoss:
     "A `loss_fn(params) -> [T]` of per-task losses for params whose tensors lead with a task dimension."
-    return ModelLoss(model, xs, ys, bn_mode, loss, batched=True, vectorize=vectorize)
+    return ModelLoss(model, xs, ys, bn_mode, loss, batched=True, batching=batching)
 
 # %% ../nbs/05_hessian.ipynb #ced7b6cd
 METHODS = ('double_backward', 'fwd_rev')
