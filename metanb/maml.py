@@ -266,7 +266,6 @@ def meta_grad(model:nn.Module, params:Params, tasks:TaskBatch,
     return grads, {k: float(v) / n for k, v in acc.items()}
 
 # %% ../nbs/03_maml.ipynb #f2285021
-@full_float32()
 def _evaluate_group(model, params, tasks, mode, loss, steps, lr, solutions) -> dict:
     "`evaluate`'s results for one group (None where a result does not apply)."
     losses, accs, sup, _, adapted = _group(model, params, tasks, steps=steps, lr=lr, first_order=True, mode=mode, loss=loss, regularizer=None)
