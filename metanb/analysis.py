@@ -12,12 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.func import vmap
 from fastprogress.fastprogress import progress_bar
-from .core import Params, flatten, stack_params, get_device, write_json, atomic_write, tune_malloc, full_float32, CheckpointError
+from .core import Params, flatten, get_device, write_json, atomic_write, tune_malloc, full_float32, CheckpointError
 from .tasks import TaskBatch
-from .maml import adapt, forward, task_loss, accuracy, resolve_batching, evaluate, check_params
-from .coherence import pairwise_cosine, gram, support_gradients
+from .maml import resolve_batching, evaluate, check_params
+from .coherence import pairwise_cosine, gram, support_gradients, offdiag_mean
 from .hessian import bn_context, make_batch_loss_fn, batch_top_eigenvalue, batch_hutchinson_trace, BN_MODES
 from .stats import aggregate_tasks, validate_tasks, validate_checkpoints, peak_start
 from .runs import (LOG, ANALYSIS_DIR, STEP_FILES, TASK_COLUMNS, SUMMARY_COLUMNS, ckpt_path, list_checkpoints, read_config, read_log,
@@ -25,9 +24,9 @@ from .runs import (LOG, ANALYSIS_DIR, STEP_FILES, TASK_COLUMNS, SUMMARY_COLUMNS,
                          write_pairwise, RunLock, clean_tmp)
 
 # %% auto #0
-__all__ = ['FRESH', 'FRESH_PEAK', 'FRESH_SEED', 'AnalysisConfig', 'adapt_tasks', 'offdiag_mean', 'coherence_ci',
-           'measure_checkpoint', 'task_table', 'checkpoint_table', 'file_sha256', 'cached_step', 'analyse_checkpoint',
-           'analyse_run', 'collect', 'load_analysis', 'peak_checkpoint', 'fresh_tasks']
+__all__ = ['FRESH', 'FRESH_PEAK', 'FRESH_SEED', 'AnalysisConfig', 'coherence_ci', 'measure_checkpoint', 'task_table',
+           'checkpoint_table', 'file_sha256', 'cached_step', 'analyse_checkpoint', 'analyse_run', 'collect',
+           'load_analysis', 'peak_checkpoint', 'fresh_tasks']
 
 # %% ../nbs/09_analysis.ipynb #657d30bc
 @dataclass
@@ -72,25 +71,7 @@ def _check_config(c:AnalysisConfig):
     if c.max_iter < 2 or c.n_boot < 0: raise ValueError(f"need max_iter >= 2 and n_boot >= 0, got {c.max_iter}, {c.n_boot}")
     resolve_batching(c.batching, 'cpu')
 
-# %% ../nbs/09_analysis.ipynb #5d81ee34
-def _over_tasks(f:Callable, mode:str, *xs) -> Params|Tensor:
-    "`f` applied to each task's slice of `xs`, stacked (`vmap` or a loop)."
-    if mode == 'vmap': return vmap(f)(*xs)
-    outs = [f(*(x[i] for x in xs)) for i in range(len(xs[0]))]
-    return stack_params(outs) if isinstance(outs[0], dict) else torch.stack(outs)
-
-def adapt_tasks(model, theta:Params, tasks:TaskBatch, *, steps:int, lr:float, batching:str='auto') -> Params:
-    "Adapted params of every task of `tasks` (tensors lead with the task dim), from `theta`."
-    mode = resolve_batching(batching, tasks.device, model, second_order=False)
-    return _over_tasks(lambda xs, ys: adapt(model, theta, xs, ys, steps=steps, lr=lr), mode, tasks.xs, tasks.ys)
-
 # %% ../nbs/09_analysis.ipynb #ab905db4
-def offdiag_mean(m:np.ndarray, idx:np.ndarray|None=None) -> float:
-    "Mean of `m[i, j]` over pairs of distinct tasks (of the resample `idx` when given)."
-    idx = np.arange(len(m)) if idx is None else idx
-    sub, mask = m[np.ix_(idx, idx)], idx[:, None] != idx[None, :]
-    return float(sub[mask].mean()) if mask.any() else math.nan
-
 def coherence_ci(m:np.ndarray, n_boot:int=1000, conf:float=0.95, seed:int=0) -> tuple[float, float]:
     "Percentile bootstrap CI (over tasks) of the mean off-diagonal entry of a pairwise matrix `m`."
     if n_boot == 0 or not np.isfinite(m).all(): return math.nan, math.nan   # NaN measurements: a NaN CI, not a crash
@@ -100,21 +81,10 @@ def coherence_ci(m:np.ndarray, n_boot:int=1000, conf:float=0.95, seed:int=0) -> 
     if not len(b): return math.nan, math.nan
     return tuple(float(q) for q in np.quantile(b, [(1 - conf) / 2, (1 + conf) / 2]))
 
-# %% ../nbs/09_analysis.ipynb #ac3dab54
-def _losses(model, ps:Params, x:Tensor, y:Tensor, mode:str) -> tuple[Tensor, Tensor|None]:
-    "Per-task loss `[T]` and accuracy `[T]` (None for regression) of params `ps` `[T, ...]` on `(x, y)` `[T, ...]`."
-    cls = not y.is_floating_point()
-    def f(p, xi, yi):
-        out = forward(model, p, xi)
-        return task_loss(out, yi), (accuracy(out, yi) if cls else out.new_zeros(()))
-    if mode == 'vmap': l, a = vmap(f)(ps, x, y)
-    else: l, a = map(torch.stack, zip(*[f({k: v[i] for k, v in ps.items()}, x[i], y[i]) for i in range(len(x))]))
-    return l, (a if cls else None)
-
 # %% ../nbs/09_analysis.ipynb #4c7a0738
 def _curvature_of(model, adapted:Params, tasks:TaskBatch, cfg:AnalysisConfig, out:dict):
     "Add the top eigenvalue (and trace) of each task's support-loss Hessian at its solution to `out`."
-    lf = make_batch_loss_fn(model, tasks.xs, tasks.ys, bn_mode=cfg.bn_mode, vectorize=resolve_batching(cfg.batching, tasks.device, model) == 'vmap')
+    lf = make_batch_loss_fn(model, tasks.xs, tasks.ys, bn_mode=cfg.bn_mode, batching=cfg.batching)
     if cfg.hessian:
         r = batch_top_eigenvalue(lf, adapted, which=cfg.which, rtol=cfg.tol, max_iter=cfg.max_iter, seed=cfg.seed, chunk_size=cfg.chunk_size)
         out['task'].update(top_eig=r.value.abs() if cfg.which == 'LM' else r.value, top_eig_err=r.error_bound)
@@ -145,15 +115,12 @@ def measure_checkpoint(model:torch.nn.Module, # the network (its own parameters 
     "Per-task measures (`out['task']`, tensors `[n]`), pairwise matrices (`out['pairwise']`) and per-checkpoint coherences."
     mode, out = resolve_batching(cfg.batching, tasks.device, model, second_order=False), {'task': {}, 'pairwise': {}, 'checkpoint': {}, 'info': {}}
     theta = {k: v.detach() for k, v in theta.items()}
-    with bn_context(model, cfg.bn_mode):
-        adapted = {k: v.detach() for k, v in adapt_tasks(model, theta, tasks, steps=steps, lr=lr, batching=mode).items()}
-        with torch.no_grad():
-            ql, qa = _losses(model, adapted, tasks.xq, tasks.yq, mode)
-            sl, _ = _losses(model, adapted, tasks.xs, tasks.ys, mode)
-        G = flatten(support_gradients(model, theta, tasks, cfg.bn_mode, vectorize=mode == 'vmap'), 1).detach()
-    D = flatten(adapted, 1) - flatten(theta)[None]
-    out['task'].update(**({'query_acc': qa} if qa is not None else {}), query_loss=ql, support_loss=sl, distance=D.norm(dim=1))
-    _curvature(model, adapted, tasks, cfg, out)
+    with bn_context(model, cfg.bn_mode):   # the engine's evaluation, with the basic batchnorm ops (fused_bn=False)
+        ev = evaluate(model, theta, tasks, steps=steps, lr=lr, batching=mode, fused_bn=False, solutions=True)
+        G = flatten(support_gradients(model, theta, tasks, cfg.bn_mode, batching=mode), 1).detach()
+    D = flatten(ev['adapted'], 1) - flatten(theta)[None]
+    out['task'].update(**({'query_acc': ev['acc']} if 'acc' in ev else {}), query_loss=ev['loss'], support_loss=ev['support_loss'], distance=D.norm(dim=1))
+    _curvature(model, ev['adapted'], tasks, cfg, out)
     out['pairwise'] = dict(traj_cosine=pairwise_cosine(D), grad_gram=gram(G), grad_cosine=pairwise_cosine(G))
     out['pairwise'] = {k: v.detach().double().cpu().numpy() for k, v in out['pairwise'].items()}
     for name, m in (('traj_coherence', 'traj_cosine'), ('grad_coherence', 'grad_gram'), ('grad_coherence_cos', 'grad_cosine')):

@@ -4,10 +4,13 @@
 
 # %% ../nbs/06_coherence.ipynb #6d556a79
 from __future__ import annotations
+import math
+import numpy as np
 import torch, torch.nn as nn
 from torch import Tensor
-from torch.func import vmap, grad
-from .core import Params, flatten, full_float32
+from torch.func import grad
+from .core import Params, flatten, full_float32, map_tasks
+from .maml import resolve_batching
 from .hessian import ModelLoss, bn_context
 
 # %% auto #0
@@ -47,11 +50,16 @@ def pairwise_cosine(vectors:Tensor|Params, theta_s:Tensor|Params|None=None) -> T
     return _cosines(gram(vectors, theta_s))
 
 # %% ../nbs/06_coherence.ipynb #bdc16699
-def offdiag_mean(M:Tensor) -> Tensor:
-    "Mean of `M[i, j]` over pairs $i \\ne j$ of an `[n, n]` matrix."
+def offdiag_mean(M:Tensor|np.ndarray, # an [n, n] pairwise matrix (torch or numpy)
+                 idx:np.ndarray|None=None, # a resample of task indices (a bootstrap): pairs of distinct tasks of it
+                ) -> Tensor|float:
+    "Mean of `M[i, j]` over pairs $i \\ne j$ of an `[n, n]` matrix (of distinct tasks of `idx`): a tensor for a tensor, a float for an array."
     n = M.shape[0]
-    if M.dim() != 2 or M.shape[1] != n or n < 2: raise ValueError(f"need a square matrix with n >= 2, got shape {tuple(M.shape)}")
-    return (M.sum() - M.diagonal().sum()) / (n * (n - 1))
+    if M.ndim != 2 or M.shape[1] != n or n < 2: raise ValueError(f"need a square matrix with n >= 2, got shape {tuple(M.shape)}")
+    if isinstance(M, Tensor) and idx is None: return (M.sum() - M.diagonal().sum()) / (n * (n - 1))
+    idx = np.arange(n) if idx is None else np.asarray(idx)
+    sub, mask = np.asarray(M)[np.ix_(idx, idx)], idx[:, None] != idx[None, :]
+    return float(sub[mask].mean()) if mask.any() else math.nan   # no pair in a resample of one distinct task
 
 def trajectory_coherence(thetas:Tensor|Params, # adapted solutions theta_i, [n, P] or a task-batched params dict
                          theta_s:Tensor|Params, # the starting point (checkpoint)
@@ -75,18 +83,16 @@ def distances(thetas:Tensor|Params, theta_s:Tensor|Params) -> Tensor:
 def task_gradients(model:nn.Module, params:Params, # the point theta_s (no task dim)
                    xs:Tensor, ys:Tensor, # [T, ...] per-task inputs and targets (e.g. a TaskBatch's support set)
                    bn_mode:str='batch', loss='auto',
-                   vectorize:bool=True, # vmap over tasks, or a Python loop
+                   batching:str='auto', # 'vmap' over tasks, a 'loop', or 'auto' (vmap on CUDA)
                   ) -> Params:
     "Each task's loss gradient at `params`, as a params dict whose tensors lead with the task dim."
-    lf = ModelLoss(model, xs, ys, bn_mode, loss, batched=True)
-    p = {k: v.detach() for k, v in params.items()}
-    g = grad(lambda q, x, y: lf._one(q, x, y))
+    if len(xs) != len(ys): raise ValueError(f"xs and ys disagree on the number of tasks: {len(xs)} vs {len(ys)}")
+    lf, p = ModelLoss(model, xs, ys, bn_mode, loss), {k: v.detach() for k, v in params.items()}
+    mode = resolve_batching(batching, xs.device, model, second_order=False)
     with torch.enable_grad(), bn_context(model, bn_mode):
-        if vectorize: return vmap(g, in_dims=(None, 0, 0))(p, xs, ys)
-        outs = [g(p, xs[i], ys[i]) for i in range(len(xs))]
-    return {k: torch.stack([o[k] for o in outs]) for k in p}
+        return map_tasks(grad(lf._one), p, xs, ys, mode=mode, in_dims=(None, 0, 0))
 
 @full_float32()
-def support_gradients(model:nn.Module, params:Params, tasks, bn_mode:str='batch', loss='auto', vectorize:bool=True) -> Params:
+def support_gradients(model:nn.Module, params:Params, tasks, bn_mode:str='batch', loss='auto', batching:str='auto') -> Params:
     "`task_gradients` on the support sets of a `TaskBatch`."
-    return task_gradients(model, params, tasks.xs, tasks.ys, bn_mode, loss, vectorize)
+    return task_gradients(model, params, tasks.xs, tasks.ys, bn_mode, loss, batching)

@@ -5,13 +5,14 @@
 # %% ../nbs/05_hessian.ipynb #7c9732d0
 from __future__ import annotations
 import math, numbers, contextlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call, vmap, jvp, grad as func_grad
-from .core import Params, flatten, unflatten, numel, make_generator, full_float32
-from .models import MetaBatchNorm, vmap_inexact
+from torch.func import functional_call, jvp, grad as func_grad
+from .core import Params, flatten, unflatten, numel, make_generator, full_float32, map_tasks
+from .models import MetaBatchNorm
+from .maml import resolve_batching
 
 # %% auto #0
 __all__ = ['BN_MODES', 'METHODS', 'WHICH', 'bn_context', 'ModelLoss', 'make_loss_fn', 'make_batch_loss_fn', 'HessianOperator',
@@ -62,14 +63,12 @@ def _check_bn_mode(model, bn_mode):
 # %% ../nbs/05_hessian.ipynb #2f682e11
 class ModelLoss:
     "`loss_fn(params)`: the mean loss of `model` on `(x, y)` in a stated batchnorm mode; per-task losses `[T]` when `batched`."
-    def __init__(self, model:nn.Module, x:Tensor, y:Tensor, bn_mode:str='batch', loss='auto', batched:bool=False, vectorize:bool|None=None):
+    def __init__(self, model:nn.Module, x:Tensor, y:Tensor, bn_mode:str='batch', loss='auto', batched:bool=False,
+                 batching:str='auto'): # tasks of a batched loss: 'loop', 'vmap' or 'auto' (metanb.maml.resolve_batching)
         _check_bn_mode(model, bn_mode)
-        bad = vmap_inexact(model) if batched else []
-        if vectorize and bad: raise ValueError(f"vectorize=True would vmap second derivatives through {', '.join(bad[:3])}, which are inexact under torch.func.vmap: pass vectorize=False (a loop over tasks) or convert batchnorms with metanb.models.exact_batchnorm(model)")
-        if vectorize is None: vectorize = not bad
         if batched and x.shape[0] != y.shape[0]: raise ValueError(f"xs and ys disagree on the number of tasks: {x.shape[0]} vs {y.shape[0]}")
-        self.model, self.x, self.y, self.bn_mode, self.loss, self.batched, self.vectorize = model, x, y, bn_mode, loss, batched, vectorize
-        self._loss = _resolve_loss(loss, y)
+        self.model, self.x, self.y, self.bn_mode, self.loss, self.batched = model, x, y, bn_mode, loss, batched
+        self.mode, self._loss = resolve_batching(batching, x.device, model) if batched else None, _resolve_loss(loss, y)   # mode: 'loop' or 'vmap'
         self.buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
 
     def _one(self, p, x, y): return self._loss(functional_call(self.model, (p, self.buffers), (x,)), y)
@@ -77,17 +76,15 @@ class ModelLoss:
     def __call__(self, params:Params) -> Tensor:
         with bn_context(self.model, self.bn_mode):
             if not self.batched: return self._one(params, self.x, self.y)
-            if self.vectorize: return vmap(self._one)(params, self.x, self.y)
-            return torch.stack([self._one({k: v[i] for k, v in params.items()}, self.x[i], self.y[i]) for i in range(len(self.x))])
+            return map_tasks(self._one, params, self.x, self.y, mode=self.mode)
 
     def subset(self, idx) -> ModelLoss:
         "The same loss on tasks `idx` only (batched losses)."
         if not self.batched: raise ValueError("subset() needs a batched loss (make_batch_loss_fn)")
-        return ModelLoss(self.model, self.x[idx], self.y[idx], self.bn_mode, self.loss, True, self.vectorize)
+        return ModelLoss(self.model, self.x[idx], self.y[idx], self.bn_mode, self.loss, True, self.mode)
 
     def __repr__(self): return f"ModelLoss({type(self.model).__name__}, x={tuple(self.x.shape)}, bn_mode={self.bn_mode!r}, batched={self.batched})"
 
-# %% ../nbs/05_hessian.ipynb #db013158
 def make_loss_fn(model:nn.Module, x:Tensor, y:Tensor, # one task's inputs and targets
                  bn_mode:str='batch', # 'batch' statistics (MAML's) or 'running' statistics
                  loss='auto', # 'ce' for integer targets, 'mse' for float ones, or a callable (out, y) -> scalar
@@ -97,22 +94,20 @@ def make_loss_fn(model:nn.Module, x:Tensor, y:Tensor, # one task's inputs and ta
 
 def make_batch_loss_fn(model:nn.Module, xs:Tensor, ys:Tensor, # [T, ...] per-task inputs and targets
                        bn_mode:str='batch', loss='auto',
-                       vectorize:bool|None=None, # vmap over tasks (True), a Python loop (False); None: vmap unless the model's layers are inexact under vmap
+                       batching:str='auto', # 'vmap' over tasks, a 'loop', or 'auto' (vmap on CUDA when exact for the model)
                       ) -> ModelLoss:
     "A `loss_fn(params) -> [T]` of per-task losses for params whose tensors lead with a task dimension."
-    return ModelLoss(model, xs, ys, bn_mode, loss, batched=True, vectorize=vectorize)
+    return ModelLoss(model, xs, ys, bn_mode, loss, batched=True, batching=batching)
 
 # %% ../nbs/05_hessian.ipynb #ced7b6cd
 METHODS = ('double_backward', 'fwd_rev')
 
 def _scalarize(L:Tensor, batched:bool) -> Tensor:
-    if L.dim() != int(batched):
-        want = 'a [T] vector of per-task losses' if batched else 'a scalar'
-        raise ValueError(f"loss_fn returned a tensor of shape {tuple(L.shape)} but {want} is needed"
-                         + ('' if batched else ": for a batch of tasks use the batch_* functions with make_batch_loss_fn"))
+    "The summed loss, once `L` is checked to be a scalar (one task) or a `[T]` vector (a batch)."
+    if L.dim() != int(batched): raise ValueError(f"loss_fn returned a tensor of shape {tuple(L.shape)} but " + ("a [T] vector of per-task losses is needed" if batched
+                                                 else "a scalar is needed: for a batch of tasks use the batch_* functions with make_batch_loss_fn"))
     return L.sum()
 
-# %% ../nbs/05_hessian.ipynb #672bc5f2
 class HessianOperator:
     "Hessian-vector products of `loss_fn` at `params` (a task-batched loss gives every task's HVP at once)."
     def __init__(self, loss_fn:Callable, params:Params,
@@ -133,46 +128,37 @@ class HessianOperator:
             self._leaves = list(leaves.values())
             self._g = [(k, gi) for k, gi in zip(leaves, g) if gi is not None and gi.requires_grad]
 
-# %% ../nbs/05_hessian.ipynb #17b63cab
-@torch.no_grad()
-def _hvp_db(op:HessianOperator, v:Params) -> Params:
-    if not op._g: return {k: torch.zeros_like(p) for k, p in op.params.items()}
-    hv = torch.autograd.grad([g for _, g in op._g], op._leaves, grad_outputs=[v[k] for k, _ in op._g], retain_graph=True, allow_unused=True)
-    return {k: torch.zeros_like(p) if h is None else h for (k, p), h in zip(op.params.items(), hv)}
+    def __call__(self, v:Params) -> Params:
+        "$Hv$ for a params dict `v` shaped like `params`."
+        self.n_calls += 1
+        if self.method == 'fwd_rev': return jvp(self._gfn, (self.params,), (v,))[1]
+        if not self._g: return {k: torch.zeros_like(p) for k, p in self.params.items()}
+        with torch.no_grad():
+            hv = torch.autograd.grad([g for _, g in self._g], self._leaves, grad_outputs=[v[k] for k, _ in self._g], retain_graph=True, allow_unused=True)
+        return {k: torch.zeros_like(p) if h is None else h for (k, p), h in zip(self.params.items(), hv)}
 
-def _op_call(self:HessianOperator, v:Params) -> Params:
-    "$Hv$ for a params dict `v` shaped like `params`."
-    self.n_calls += 1
-    if self.method == 'fwd_rev': return jvp(self._gfn, (self.params,), (v,))[1]
-    return _hvp_db(self, v)
-HessianOperator.__call__ = _op_call
+    def matvec(self, V:Tensor, # [b, P] one flat vector per (active) task
+               idx:Tensor|None=None, # which tasks of the batch the rows of V belong to (default: all)
+              ) -> Tensor:
+        "$HV$ on flat vectors `[b, P]`."
+        if not self.batched: return flatten(self(unflatten(V[0], self.like)))[None]
+        if idx is None or len(idx) == self.B: return flatten(self(unflatten(V, self.like)), 1)
+        sub = self._subset(idx)
+        if sub is not None: self.n_calls += 1; return sub.matvec(V)
+        full = V.new_zeros(self.B, self.P); full[idx] = V
+        return self.matvec(full)[idx]
 
-# %% ../nbs/05_hessian.ipynb #e3d6814f
-def _subset_op(op:HessianOperator, idx:Tensor) -> HessianOperator|None:
-    if not hasattr(op.loss_fn, 'subset'): return None
-    if op.method == 'double_backward' and len(idx) > op.B // 2: return None
-    key = tuple(idx.tolist())
-    if op._sub is None or op._sub[0] != key:
-        op._sub = (key, HessianOperator(op.loss_fn.subset(idx), {k: v[idx] for k, v in op.params.items()}, op.method, True))
-    return op._sub[1]
-
-def _matvec(self:HessianOperator, V:Tensor, # [b, P] one flat vector per (active) task
-            idx:Tensor|None=None, # which tasks of the batch the rows of V belong to (default: all)
-           ) -> Tensor:
-    "$HV$ on flat vectors `[b, P]`."
-    if not self.batched: return flatten(self(unflatten(V[0], self.like)))[None]
-    if idx is None or len(idx) == self.B: return flatten(self(unflatten(V, self.like)), 1)
-    sub = _subset_op(self, idx)
-    if sub is not None: self.n_calls += 1; return sub.matvec(V)
-    full = V.new_zeros(self.B, self.P); full[idx] = V
-    return self.matvec(full)[idx]
-HessianOperator.matvec = _matvec
+    def _subset(self, idx:Tensor) -> HessianOperator|None:
+        "The operator of tasks `idx` alone (cached), when rebuilding it pays off."
+        if not hasattr(self.loss_fn, 'subset') or (self.method == 'double_backward' and len(idx) > self.B // 2): return None
+        key = tuple(idx.tolist())
+        if self._sub is None or self._sub[0] != key:
+            self._sub = (key, HessianOperator(self.loss_fn.subset(idx), {k: v[idx] for k, v in self.params.items()}, self.method, True))
+        return self._sub[1]
 
 # %% ../nbs/05_hessian.ipynb #d8c05657
-def hvp(loss_fn:Callable, params:Params, v:Params,
-        method:str='double_backward', # or 'fwd_rev'
-       ) -> Params:
-    "The Hessian-vector product $\\nabla^2 L(\\theta)\\,v$ as a params dict (build a `HessianOperator` for many `v`)."
+def hvp(loss_fn:Callable, params:Params, v:Params, method:str='double_backward') -> Params:
+    "The Hessian-vector product $\\nabla^2 L(\\theta)\\,v$ as a params dict (`method`: or 'fwd_rev'; build a `HessianOperator` for many `v`)."
     return HessianOperator(loss_fn, params, method)(v)
 
 # %% ../nbs/05_hessian.ipynb #53664398
@@ -245,12 +231,14 @@ def _stopper(k:int, which:str, rtol:float, atol:float) -> Callable:
     return stop
 
 # %% ../nbs/05_hessian.ipynb #0109b169
-def _starts(B:int, P:int, like:Tensor, seed:int, generator:torch.Generator|None, kind:str='gauss') -> Tensor:
-    "One start/probe vector per task, [B, P], in `like`'s dtype and device."
-    gens = [generator] * B if generator is not None else [make_generator(seed + t) for t in range(B)]
-    if kind == 'gauss': vs = [torch.randn(P, generator=g, dtype=torch.float64) for g in gens]
-    else: vs = [torch.randint(0, 2, (P,), generator=g).double() * 2 - 1 for g in gens]
-    return torch.stack(vs).to(device=like.device, dtype=like.dtype)
+def _generators(B:int, seed:int, generator:torch.Generator|None) -> list:
+    "Task `t`'s generator: `generator` for every task when given, else a fresh one seeded `seed + t`."
+    return [generator] * B if generator is not None else [make_generator(seed + t) for t in range(B)]
+
+def _draw(gens:list, P:int, like:Tensor, kind:str='gauss') -> Tensor:
+    "One Gaussian (or Rademacher) vector per generator, `[len(gens), P]`, in `like`'s dtype and device."
+    vs = [torch.randn(P, generator=g, dtype=torch.float64) if kind == 'gauss' else torch.randint(0, 2, (P,), generator=g).double() * 2 - 1 for g in gens]
+    return torch.stack(vs).to(like)
 
 # %% ../nbs/05_hessian.ipynb #56f66785
 @dataclass
@@ -268,20 +256,9 @@ class EigResult:
     @property
     def rel_error_bound(self): return self.error_bound / abs(self.value) if isinstance(self.value, float) else self.error_bound / self.value.abs()
 
-# %% ../nbs/05_hessian.ipynb #91b6fd9a
 @dataclass
-class BatchEigResult:
+class BatchEigResult(EigResult):
     "Per-task `EigResult`s as tensors: `value` and `error_bound` are `[T]` (or `[T, k]`), `n_hvp` and `converged` `[T]`."
-    value: Tensor
-    error_bound: Tensor
-    n_hvp: Tensor
-    converged: Tensor
-    bn_mode: str|None
-    which: str = 'LA'
-    rtol: float = 0.0
-
-    @property
-    def rel_error_bound(self): return self.error_bound / self.value.abs()
     def __len__(self): return len(self.value)
     def __getitem__(self, t:int) -> EigResult:
         v, e = self.value[t], self.error_bound[t]
@@ -303,10 +280,9 @@ def _check_tol(rtol, atol):
 def _eig_run(op:HessianOperator, k:int, which:str, rtol:float, atol:float, max_iter:int, seed:int,
              generator, verify:bool, offset:int=0) -> list[dict]:
     _check_int('k', k); _check_int('max_iter', max_iter); _check_tol(rtol, atol)
-    q0 = _starts(op.B, op.P, next(iter(op.params.values())), seed + offset, generator)
+    q0 = _draw(_generators(op.B, seed + offset, generator), op.P, next(iter(op.params.values())))
     out = _lanczos_core(op.matvec, q0, max_iter, _stopper(k, which, 0.8 * rtol, 0.8 * atol))  # a margin for the final check
-    for o in out:
-        o['value'], o['bound'], o['n_hvp'] = o['theta'][o['sel']], o['resid'][o['sel']], o['m']
+    for o in out: o['value'], o['bound'], o['n_hvp'] = o['theta'][o['sel']], o['resid'][o['sel']], o['m']
     if verify:
         kk = min(len(o['sel']) for o in out)
         for i in range(kk):
@@ -315,17 +291,14 @@ def _eig_run(op:HessianOperator, k:int, which:str, rtol:float, atol:float, max_i
             for o, r in zip(out, R):
                 o['bound'][i] = max(o['bound'][i].item(), r.item()); o['n_hvp'] += 1
     final = _stopper(k, which, rtol, atol)  # the full tolerance, on the (possibly widened) bounds
-    for o in out:
-        o['ok'] = bool(final(o['theta'][None], o['resid'][None])[0][0]) and bool((o['bound'] <= torch.clamp(rtol * o['value'].abs(), min=atol)).all())
+    for o in out: o['ok'] = bool(final(o['theta'][None], o['resid'][None])[0][0]) and bool((o['bound'] <= torch.clamp(rtol * o['value'].abs(), min=atol)).all())
     return out
 
-# %% ../nbs/05_hessian.ipynb #d26c825b
 @full_float32()
 def lanczos(loss_fn:Callable, params:Params,
             k:int=1, # how many eigenvalues
             which:str='LA', # 'LA' largest algebraic, 'SA' smallest algebraic (the bottom), 'LM' largest magnitude
-            rtol:float=1e-4, # stop when every residual bound <= rtol * |value| ...
-            atol:float=0.0,  # ... or <= atol
+            rtol:float=1e-4, atol:float=0.0, # stop when every residual bound <= max(rtol * |value|, atol)
             max_iter:int=200, # at most this many Lanczos steps (HVPs)
             method:str='double_backward', seed:int=0, generator:torch.Generator|None=None,
             verify:bool=True, # check each Ritz pair with one explicit HVP
@@ -365,14 +338,13 @@ class TraceResult:
         return TraceResult(self.value[t].item(), self.std_error[t].item(), int(self.n_samples[t]), bool(self.converged[t]), self.bn_mode, self.rtol)
     def to_dict(self) -> dict: return dict(value=self.value, std_error=self.std_error, n_samples=self.n_samples, converged=self.converged)
 
-# %% ../nbs/05_hessian.ipynb #7c43464f
 def _hutchinson_run(op:HessianOperator, rtol, atol, min_samples, max_samples, seed, generator, offset=0) -> list[Tensor]:
     _check_int('min_samples', min_samples, 2); _check_int('max_samples', max_samples, 2); _check_tol(rtol, atol)
     if max_samples < min_samples: raise ValueError(f"need 2 <= min_samples <= max_samples, got {min_samples}, {max_samples}")
-    gens = [generator] * op.B if generator is not None else [make_generator(seed + offset + t) for t in range(op.B)]
-    like, samples, act = next(iter(op.params.values())), [[] for _ in range(op.B)], list(range(op.B))
+    gens, like = _generators(op.B, seed + offset, generator), next(iter(op.params.values()))
+    samples, act = [[] for _ in range(op.B)], list(range(op.B))
     for n in range(max_samples):
-        Z = torch.stack([torch.randint(0, 2, (op.P,), generator=gens[t]).double() * 2 - 1 for t in act]).to(like)
+        Z = _draw([gens[t] for t in act], op.P, like, 'rademacher')
         s = (Z * op.matvec(Z, torch.tensor(act))).sum(1).double().cpu()
         for t, si in zip(act, s): samples[t].append(si)
         if n + 1 >= min_samples:
@@ -386,11 +358,9 @@ def _trace_stats(s:Tensor, rtol, atol):
     m, se = s.mean(), s.std() / math.sqrt(len(s))
     return m, se, len(s), bool(se <= max(rtol * m.abs().item(), atol))
 
-# %% ../nbs/05_hessian.ipynb #573c3960
 @full_float32()
 def hutchinson_trace(loss_fn:Callable, params:Params,
-                     rtol:float=1e-2, # stop when the standard error <= rtol * |trace| ...
-                     atol:float=0.0,  # ... or <= atol
+                     rtol:float=1e-2, atol:float=0.0, # stop when the standard error <= max(rtol * |trace|, atol)
                      min_samples:int=10, max_samples:int=1000,
                      method:str='double_backward', seed:int=0, generator:torch.Generator|None=None,
                     ) -> TraceResult:
@@ -415,7 +385,6 @@ class DensityResult:
         "Estimate of $\\frac1P\\operatorname{tr} f(H)$: the probe-averaged Gauss quadrature of `f`."
         return (self.weights * f(self.nodes)).sum(1).mean()
 
-# %% ../nbs/05_hessian.ipynb #147d42a9
 @full_float32()
 def spectral_density(loss_fn:Callable, params:Params,
                      n_probes:int=8, # random probe vectors
@@ -431,7 +400,7 @@ def spectral_density(loss_fn:Callable, params:Params,
     never = lambda th, r: (torch.zeros(th.shape[0], dtype=torch.bool), torch.zeros(th.shape[0], 1, dtype=torch.long))
     nodes, weights = torch.zeros(n_probes, min(n_iter, op.P), dtype=torch.float64), torch.zeros(n_probes, min(n_iter, op.P), dtype=torch.float64)
     for i in range(n_probes):
-        q0 = _starts(1, op.P, next(iter(op.params.values())), seed + i, generator, 'rademacher')
+        q0 = _draw(_generators(1, seed + i, generator), op.P, next(iter(op.params.values())), 'rademacher')
         o = _lanczos_core(op.matvec, q0, n_iter, never)[0]
         nodes[i, :o['m']], weights[i, :o['m']] = o['theta'], o['S'][0] ** 2
     lo, hi = nodes[weights > 0].min().item(), nodes[weights > 0].max().item()
@@ -442,25 +411,22 @@ def spectral_density(loss_fn:Callable, params:Params,
     return DensityResult(grid, dens, nodes, weights, sigma, op.n_calls, getattr(loss_fn, 'bn_mode', None))
 
 # %% ../nbs/05_hessian.ipynb #d6fa8728
-def _chunks(loss_fn, params, chunk_size):
+def _per_chunk(run:Callable, loss_fn, params:Params, chunk_size:int|None, method:str) -> list:
+    "`run(op, offset)` on the batched `HessianOperator` of each chunk of `chunk_size` tasks (None: all at once); per-task results in task order."
     T = next(iter(params.values())).shape[0]
     if chunk_size is not None: _check_int('chunk_size', chunk_size)
-    if chunk_size is None or chunk_size >= T: yield 0, loss_fn, params; return
+    if chunk_size is None or chunk_size >= T: return run(HessianOperator(loss_fn, params, method, batched=True), 0)
     if not hasattr(loss_fn, 'subset'): raise ValueError("chunk_size needs a loss_fn with .subset(idx) (make_batch_loss_fn): pass chunk_size=None")
-    for a in range(0, T, chunk_size):
-        idx = torch.arange(a, min(a + chunk_size, T))
-        yield a, loss_fn.subset(idx), {k: v[idx] for k, v in params.items()}
+    chunks = [torch.arange(a, min(a + chunk_size, T)) for a in range(0, T, chunk_size)]
+    return [r for i in chunks for r in run(HessianOperator(loss_fn.subset(i), {k: v[i] for k, v in params.items()}, method, batched=True), int(i[0]))]
 
-# %% ../nbs/05_hessian.ipynb #b7630735
 @full_float32()
 def batch_lanczos(loss_fn:Callable, params:Params, k:int=1, which:str='LA', rtol:float=1e-4, atol:float=0.0,
                   max_iter:int=100, method:str='double_backward', seed:int=0, verify:bool=True,
                   chunk_size:int|None=16, # tasks per chunk (None: all at once)
                  ) -> BatchEigResult:
     "`lanczos` for every task of a batch: values and bounds `[T, k]`, HVPs and convergence per task."
-    outs = []
-    for a, lf_, p in _chunks(loss_fn, params, chunk_size):
-        outs += _eig_run(HessianOperator(lf_, p, method, batched=True), k, which, rtol, atol, max_iter, seed, None, verify, offset=a)
+    outs = _per_chunk(lambda op, a: _eig_run(op, k, which, rtol, atol, max_iter, seed, None, verify, offset=a), loss_fn, params, chunk_size, method)
     pad = lambda x: torch.cat([x, x.new_full((k - len(x),), math.nan)])
     return BatchEigResult(torch.stack([pad(o['value']) for o in outs]), torch.stack([pad(o['bound']) for o in outs]),
                           torch.tensor([o['n_hvp'] for o in outs]), torch.tensor([o['ok'] for o in outs]),
@@ -476,15 +442,11 @@ def batch_top_eigenvalue(loss_fn:Callable, params:Params, which:str='LA', rtol:f
     r.value, r.error_bound = r.value[:, 0], r.error_bound[:, 0]
     return r
 
-# %% ../nbs/05_hessian.ipynb #da5aa4f8
 @full_float32()
 def batch_hutchinson_trace(loss_fn:Callable, params:Params, rtol:float=1e-2, atol:float=0.0, min_samples:int=10,
                            max_samples:int=1000, method:str='double_backward', seed:int=0, chunk_size:int|None=16,
                           ) -> TraceResult:
     "`hutchinson_trace` for every task of a batch: `value`, `std_error`, `n_samples`, `converged` are `[T]`."
-    S = []
-    for a, lf_, p in _chunks(loss_fn, params, chunk_size):
-        S += _hutchinson_run(HessianOperator(lf_, p, method, batched=True), rtol, atol, min_samples, max_samples, seed, None, offset=a)
-    st = [_trace_stats(s, rtol, atol) for s in S]
-    return TraceResult(torch.stack([s[0] for s in st]), torch.stack([s[1] for s in st]), torch.tensor([s[2] for s in st]),
-                       torch.tensor([s[3] for s in st]), getattr(loss_fn, 'bn_mode', None), rtol)
+    S = _per_chunk(lambda op, a: _hutchinson_run(op, rtol, atol, min_samples, max_samples, seed, None, offset=a), loss_fn, params, chunk_size, method)
+    m, se, n, ok = zip(*[_trace_stats(s, rtol, atol) for s in S])
+    return TraceResult(torch.stack(m), torch.stack(se), torch.tensor(n), torch.tensor(ok), getattr(loss_fn, 'bn_mode', None), rtol)

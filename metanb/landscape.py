@@ -25,7 +25,7 @@ def evaluate_points(model:nn.Module, points:Tensor, # [G, P] flat parameter vect
                     like:Params, # a params dict giving the layout of a flat vector
                     tasks:TaskBatch, # the tasks to score (support and query sets)
                     bn_mode:str='batch', loss='auto',
-                    chunk_size:int=32, # grid points per vmap call
+                    points_per_call:int=32, # grid points per vmap call
                    ) -> dict[str, Tensor|None]:
     "Support and query loss and accuracy of every task at every point: `[n_tasks, G]` tensors (accuracy None for regression)."
     _check_bn_mode(model, bn_mode)
@@ -38,7 +38,7 @@ def evaluate_points(model:nn.Module, points:Tensor, # [G, P] flat parameter vect
     res = {}
     with bn_context(model, bn_mode):
         for split, X, Y in (('support', tasks.xs, tasks.ys), ('query', tasks.xq, tasks.yq)):
-            per = [[torch.cat(z) for z in zip(*(vmap(metrics, in_dims=(0, None, None))(c, X[t], Y[t]) for c in points.split(chunk_size)))]
+            per = [[torch.cat(z) for z in zip(*(vmap(metrics, in_dims=(0, None, None))(c, X[t], Y[t]) for c in points.split(points_per_call)))]
                    for t in range(len(tasks))]
             res[f'{split}_loss'] = torch.stack([p[0] for p in per])
             res[f'{split}_acc'] = torch.stack([p[1] for p in per]) if cls else None
@@ -83,9 +83,9 @@ def _grid_points(origin:Tensor, D:Tensor, x:Tensor, y:Tensor|None) -> Tensor:
     return origin + X.reshape(-1, 1) * D[0] + Y.reshape(-1, 1) * D[1]
 
 def slice_grid(model:nn.Module, like:Params, origin:Tensor, D:Tensor, x:Tensor, y:Tensor|None, tasks:TaskBatch, kind:str,
-               points:dict, bn_mode:str='batch', loss='auto', chunk_size:int=32, meta:dict|None=None) -> Landscape:
+               points:dict, bn_mode:str='batch', loss='auto', points_per_call:int=32, meta:dict|None=None) -> Landscape:
     "Evaluate a line (`y=None`) or plane through `origin` along the rows of `D` and package it as a `Landscape`."
-    m = evaluate_points(model, _grid_points(origin, D, x, y), like, tasks, bn_mode, loss, chunk_size)
+    m = evaluate_points(model, _grid_points(origin, D, x, y), like, tasks, bn_mode, loss, points_per_call)
     shape = (len(tasks), len(x)) if y is None else (len(tasks), len(y), len(x))
     m = {k: None if v is None else v.reshape(shape) for k, v in m.items()}
     return Landscape(kind, x, y, m['support_loss'], m['query_loss'], m['support_acc'], m['query_acc'], points, origin, D, bn_mode, meta or {})
@@ -115,7 +115,7 @@ def line_slice(model:nn.Module, theta_s:Params, theta_i:Params, # the checkpoint
                tasks:TaskBatch, # tasks to score, typically task i alone (tasks[i])
                x:Tensor|None=None, # coordinates; default linspace(-0.5, 1.5, 41) of the way (scaled by the distance with scale='distance')
                scale:str='fraction', # 'fraction' of theta_s -> theta_i, or parameter 'distance'
-               bn_mode:str='batch', loss='auto', chunk_size:int=32) -> Landscape:
+               bn_mode:str='batch', loss='auto', points_per_call:int=32) -> Landscape:
     "Support/query loss and accuracy along the line from `theta_s` to `theta_i`, extended past both ends."
     if scale not in ('fraction', 'distance'): raise ValueError(f"scale must be 'fraction' or 'distance', got {scale!r}")
     o = _flat(theta_s); d = _flat(theta_i) - o; dist = d.double().norm().item()
@@ -124,7 +124,7 @@ def line_slice(model:nn.Module, theta_s:Params, theta_i:Params, # the checkpoint
         d = d / dist
     end = 1.0 if scale == 'fraction' else dist
     x = torch.linspace(-0.5, 1.5, 41, dtype=torch.float64) * end if x is None else torch.as_tensor(x, dtype=torch.float64)
-    return slice_grid(model, theta_s, o, d[None], x, None, tasks, 'line', {'theta_s': [0.0], 'theta_i': [end]}, bn_mode, loss, chunk_size,
+    return slice_grid(model, theta_s, o, d[None], x, None, tasks, 'line', {'theta_s': [0.0], 'theta_i': [end]}, bn_mode, loss, points_per_call,
                       dict(distance=dist, scale=scale, x_label='fraction of theta_s -> theta_i' if scale == 'fraction' else 'distance from theta_s'))
 
 # %% ../nbs/08_landscape.ipynb #4fdf6e86
@@ -160,13 +160,13 @@ def task_plane(model:nn.Module, theta_s:Params, theta_i:Params, theta_j:Params,
                margin:float=0.5, # padding around the three points, as a fraction of their extent
                square:bool=False, # axes of equal length, so that distances and angles read true
                x:Tensor|None=None, y:Tensor|None=None, # explicit axes (parameter-distance units)
-               bn_mode:str='batch', loss='auto', chunk_size:int=32) -> Landscape:
+               bn_mode:str='batch', loss='auto', points_per_call:int=32) -> Landscape:
     "Support/query loss and accuracy on the plane through `theta_s`, `theta_i`, `theta_j` (coordinates in parameter distance)."
     D, pts = task_plane_basis(theta_s, theta_i, theta_j)
     ax, ay = plane_axes(pts, n, margin, square)
     x = ax if x is None else torch.as_tensor(x, dtype=torch.float64)
     y = ay if y is None else torch.as_tensor(y, dtype=torch.float64)
-    return slice_grid(model, theta_s, _flat(theta_s), D, x, y, tasks, 'task_plane', pts, bn_mode, loss, chunk_size,
+    return slice_grid(model, theta_s, _flat(theta_s), D, x, y, tasks, 'task_plane', pts, bn_mode, loss, points_per_call,
                       dict(x_label='distance along theta_i - theta_s', y_label='distance toward theta_j (orthogonalized)'))
 
 # %% ../nbs/08_landscape.ipynb #0f131460
@@ -189,12 +189,12 @@ def random_plane(model:nn.Module, theta:Params, # the centre of the plane (a che
                  span:float=1.0, # axes run over [-span, span] (units of the filter-normalized directions)
                  seed:int=0, # directions from make_generator(seed): first d1, then d2
                  x:Tensor|None=None, y:Tensor|None=None,
-                 bn_mode:str='batch', loss='auto', chunk_size:int=32) -> Landscape:
+                 bn_mode:str='batch', loss='auto', points_per_call:int=32) -> Landscape:
     "Support/query loss and accuracy on the plane through `theta` along two filter-normalized random directions."
     g = make_generator(seed)
     D = torch.stack([flatten(filter_normalized_direction(theta, generator=g)) for _ in range(2)])
     x = torch.linspace(-span, span, n, dtype=torch.float64) if x is None else torch.as_tensor(x, dtype=torch.float64)
     y = x.clone() if y is None else torch.as_tensor(y, dtype=torch.float64)
-    return slice_grid(model, theta, _flat(theta), D, x, y, tasks, 'random_plane', {'theta': [0.0, 0.0]}, bn_mode, loss, chunk_size,
+    return slice_grid(model, theta, _flat(theta), D, x, y, tasks, 'random_plane', {'theta': [0.0, 0.0]}, bn_mode, loss, points_per_call,
                       dict(seed=seed, x_label='filter-normalized direction 1', y_label='filter-normalized direction 2',
                            cos_d1_d2=(torch.nn.functional.cosine_similarity(D[0].double(), D[1].double(), dim=0)).item()))

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call, grad_and_value, vmap
-from .core import Params, stack_params, unstack_params, full_float32
+from torch.func import functional_call, grad_and_value
+from torch.utils._pytree import tree_map
+from .core import Params, map_tasks, full_float32
 from .models import fused_batchnorm, _active_transforms, vmap_inexact
 from .tasks import TaskBatch
 
@@ -106,6 +107,7 @@ class MetaContext:
     first_order: bool
     loss: Callable
     buffers: dict
+    mode: str = 'loop' # how the caller maps the tasks: 'loop' or 'vmap' (`metanb.core.map_tasks`)
 
 class Regularizer:
     "Base class of outer-loss regularizers: override `transform` and/or `penalty`."
@@ -139,25 +141,16 @@ def _query(model, p, xq, yq, loss, buffers, classify):
     return loss(out, yq), (accuracy(out, yq).detach() if classify else out.new_zeros(()))
 
 def _group(model, params, tasks, *, steps, lr, first_order, mode, loss, regularizer):
-    "Per-task query losses `[G]` (with graph), accuracies, support losses and the penalty of a group."
+    "Per-task query losses `[G]` (with graph), accuracies, support losses before adaptation, the penalty and the adapted params of a group."
     buffers, classify = dict(model.named_buffers()), not tasks.yq.is_floating_point()
-    ad = lambda xs, ys: _adapt(model, params, xs, ys, steps, lr, first_order, loss, buffers)
-    q = lambda p, xq, yq: _query(model, p, xq, yq, loss, buffers, classify)
-    if mode == 'vmap' and steps == 0: adapted, sup = vmap(lambda xs, ys: ad(xs, ys)[0])(tasks.xs, tasks.ys), None
-    elif mode == 'vmap': adapted, sup = vmap(ad)(tasks.xs, tasks.ys)
-    else:
-        res = [ad(tasks.xs[i], tasks.ys[i]) for i in range(len(tasks))]
-        adapted, sup = [r[0] for r in res], (torch.stack([r[1] for r in res]) if steps else None)
+    adapted, sup = map_tasks(lambda xs, ys: _adapt(model, params, xs, ys, steps, lr, first_order, loss, buffers), tasks.xs, tasks.ys, mode=mode)
     pen = None
     if regularizer is not None:
-        ctx = MetaContext(model, tasks, steps, lr, first_order, loss, buffers)
-        if mode == 'loop': adapted = stack_params(adapted)
+        ctx = MetaContext(model, tasks, steps, lr, first_order, loss, buffers, mode)
         adapted = regularizer.transform(params, adapted, ctx)
         pen = regularizer.penalty(params, adapted, ctx)
-        if mode == 'loop': adapted = unstack_params(adapted)
-    if mode == 'vmap': losses, accs = vmap(q)(adapted, tasks.xq, tasks.yq)
-    else: losses, accs = map(torch.stack, zip(*[q(a, tasks.xq[i], tasks.yq[i]) for i, a in enumerate(adapted)]))
-    return losses, (accs if classify else None), sup, pen
+    losses, accs = map_tasks(lambda p, xq, yq: _query(model, p, xq, yq, loss, buffers, classify), adapted, tasks.xq, tasks.yq, mode=mode)
+    return losses, (accs if classify else None), sup, pen, adapted
 
 # %% ../nbs/03_maml.ipynb #5320d0cf
 def _groups(tasks, group_size, mode, regularizer, per_task_default):
@@ -167,7 +160,8 @@ def _groups(tasks, group_size, mode, regularizer, per_task_default):
     if group_size < 1: raise ValueError(f"group_size must be >= 1 (or None), got {group_size}")
     return [tasks[i:i + group_size] for i in range(0, n, group_size)]
 
-def _setup(model, params, tasks, steps, lr, batching, loss, second_order=True):
+def _mode_and_loss(model, params, tasks, steps, lr, batching, loss, second_order=True):
+    "Check the arguments; the resolved batching mode and the loss (labels checked against the head once)."
     check_params(model, params)
     _check_inner(steps, lr)
     if not isinstance(tasks, TaskBatch): raise TypeError(f"tasks must be a metanb.tasks.TaskBatch, got {type(tasks).__name__}")
@@ -194,10 +188,10 @@ def meta_loss(model:nn.Module, # the network (its own parameters are not used)
               regularizer:Regularizer|None=None, # outer-loss hook (see above)
              ) -> Tensor:
     "Mean query loss after adaptation over the tasks (+ regularizer penalty): differentiate it for the meta-gradient."
-    mode, loss = _setup(model, params, tasks, steps, lr, batching, loss, not first_order or regularizer is not None)
+    mode, loss = _mode_and_loss(model, params, tasks, steps, lr, batching, loss, not first_order or regularizer is not None)
     total = 0.
     for g in _groups(tasks, group_size, mode, regularizer, False):
-        losses, _, _, pen = _group(model, params, g, steps=steps, lr=lr, first_order=first_order, mode=mode, loss=loss, regularizer=regularizer)
+        losses, _, _, pen, _ = _group(model, params, g, steps=steps, lr=lr, first_order=first_order, mode=mode, loss=loss, regularizer=regularizer)
         total = total + losses.sum() + (len(g) * pen if pen is not None else 0.)
     return total / len(tasks)
 
@@ -217,7 +211,7 @@ def _staged_grad(model, leaves, tasks, n, gate, *, steps, lr, first_order, loss)
         gs = g if gs is None else [x if y is None else (y if x is None else x + y) for x, y in zip(gs, g)]
         ls.append(l.detach()); accs.append(a)
         if sup is not None: sups.append(sup)
-    sums = {'loss': torch.stack(ls).sum(), 'support_loss': torch.stack(sups).sum() if sups else math.nan}
+    sums = {'loss': torch.stack(ls).sum(), 'support_loss_before': torch.stack(sups).sum() if sups else math.nan}
     if classify: sums['acc'] = torch.stack(accs).sum()
     return gs, sums
 
@@ -226,10 +220,10 @@ def _group_grad(model, leaves, tasks, n, fused_bn, gate, **kw):
     with fused_batchnorm(fused_bn):
         if kw['mode'] == 'loop' and kw['regularizer'] is None:
             return _staged_grad(model, leaves, tasks, n, gate, **{k: kw[k] for k in ('steps', 'lr', 'first_order', 'loss')})
-        losses, accs, sup, pen = _group(model, leaves, tasks, **kw)
+        losses, accs, sup, pen, _ = _group(model, leaves, tasks, **kw)
         outer = (losses.sum() + (len(tasks) * pen if pen is not None else 0.)) / n
         gs = torch.autograd.grad(outer, list(leaves.values()), allow_unused=True)
-    sums = {'loss': losses.detach().sum(), 'support_loss': sup.sum() if sup is not None else math.nan}
+    sums = {'loss': losses.detach().sum(), 'support_loss_before': sup.sum() if sup is not None else math.nan}
     if accs is not None: sums['acc'] = accs.sum()
     if pen is not None: sums['penalty'] = len(tasks) * pen.detach()
     return gs, sums
@@ -257,7 +251,7 @@ def meta_grad(model:nn.Module, params:Params, tasks:TaskBatch,
               fused_bn:bool=True, # fused batchnorm kernel where exact (see above)
              ) -> tuple[Params, dict]:
     "Meta-gradient of `meta_loss` (same arguments), one backward per group of tasks; returns `(grads, metrics)`."
-    mode, loss = _setup(model, params, tasks, steps, lr, batching, loss, not first_order or regularizer is not None)
+    mode, loss = _mode_and_loss(model, params, tasks, steps, lr, batching, loss, not first_order or regularizer is not None)
     if workers > 1 and mode != 'loop': raise ValueError(f"workers={workers} needs batching='loop' (vmap batches the tasks of a group itself)")
     if concurrent_queries < 1: raise ValueError(f"concurrent_queries must be >= 1, got {concurrent_queries}")
     gate = threading.Semaphore(concurrent_queries) if workers > 1 else contextlib.nullcontext()
@@ -272,16 +266,24 @@ def meta_grad(model:nn.Module, params:Params, tasks:TaskBatch,
     return grads, {k: float(v) / n for k, v in acc.items()}
 
 # %% ../nbs/03_maml.ipynb #f2285021
+def _evaluate_group(model, params, tasks, mode, loss, steps, lr, solutions) -> dict:
+    "`evaluate`'s results for one group (None where a result does not apply)."
+    losses, accs, sup, _, adapted = _group(model, params, tasks, steps=steps, lr=lr, first_order=True, mode=mode, loss=loss, regularizer=None)
+    out = dict(loss=losses, acc=accs, support_loss_before=sup)
+    if solutions:
+        buffers = dict(model.named_buffers())
+        at = map_tasks(lambda p, xs, ys: _query(model, p, xs, ys, loss, buffers, False)[0], adapted, tasks.xs, tasks.ys, mode=mode)
+        out.update(adapted=adapted, support_loss=at)
+    return out
+
 @full_float32()
 def evaluate(model:nn.Module, params:Params, tasks:TaskBatch, *, steps:int, lr:float,
-             batching:str='auto', group_size:int|None=None, loss:Callable|None=None, fused_bn:bool=True) -> dict[str, Tensor]:
-    "Per-task query `loss`, `acc` (classification) and pre-adaptation `support_loss` after `steps` inner steps."
-    mode, loss = _setup(model, params, tasks, steps, lr, batching, loss, False)
-    p, res = {k: v.detach() for k, v in params.items()}, []
+             batching:str='auto', group_size:int|None=None, loss:Callable|None=None, fused_bn:bool=True,
+             solutions:bool=False, # also return the adapted params `adapted` and the support loss at them, `support_loss`
+            ) -> dict[str, Tensor|Params]:
+    "Per-task query `loss`, `acc` (classification) and `support_loss_before` (at `params`) after `steps` inner steps."
+    mode, loss = _mode_and_loss(model, params, tasks, steps, lr, batching, loss, False)
+    p = {k: v.detach() for k, v in params.items()}
     with torch.no_grad(), fused_batchnorm(fused_bn):
-        for g in _groups(tasks, group_size, mode, None, False):
-            res.append(_group(model, p, g, steps=steps, lr=lr, first_order=True, mode=mode, loss=loss, regularizer=None)[:3])
-    out = {'loss': torch.cat([r[0] for r in res])}
-    if res[0][1] is not None: out['acc'] = torch.cat([r[1] for r in res])
-    if steps: out['support_loss'] = torch.cat([r[2] for r in res])
-    return out
+        res = [_evaluate_group(model, p, g, mode, loss, steps, lr, solutions) for g in _groups(tasks, group_size, mode, None, False)]
+    return {k: tree_map(lambda *vs: torch.cat(vs), *(r[k] for r in res)) for k, v in res[0].items() if v is not None}

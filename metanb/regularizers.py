@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 import torch
 from torch import Tensor
-from torch.func import grad, vmap
-from .core import Params, flatten, unflatten
-from .maml import MetaContext, Regularizer, forward, resolve_batching
+from torch.func import grad
+from .core import Params, flatten, unflatten, map_tasks
+from .maml import MetaContext, Regularizer, forward
 
 # %% auto #0
 __all__ = ['REGULARIZERS', 'trajectories', 'unit_rows', 'mean_pairwise_dot', 'coherence_step_grad', 'CoherenceStep',
@@ -90,13 +90,11 @@ class TrajCoherencePenalty(Regularizer):
 def support_grads(params:Params, # theta_s, or per-task params `[n, ...]` with `per_task=True`
                   ctx:MetaContext, # the group: model, tasks, loss, buffers
                   per_task:bool=False, # `params` lead with the task dimension
-                  batching:str='auto', # 'loop', 'vmap' or 'auto' (vmap on CUDA, loop elsewhere)
                  ) -> Tensor:
-    "Support-loss gradients of the group's tasks as the rows of an `[n, P]` matrix (differentiable)."
+    "Support-loss gradients of the group's tasks as the rows of an `[n, P]` matrix (differentiable), tasks mapped as the caller's `ctx.mode`."
     def g(p, xs, ys): return flatten(grad(lambda q: ctx.loss(forward(ctx.model, q, xs, ctx.buffers), ys))(p))
-    t, dims = ctx.tasks, (0 if per_task else None, 0, 0)
-    if resolve_batching(batching, t.xs.device, ctx.model) == 'vmap': return vmap(g, in_dims=dims)(params, t.xs, t.ys)
-    return torch.stack([g({k: v[i] for k, v in params.items()} if per_task else params, t.xs[i], t.ys[i]) for i in range(len(t))])
+    t = ctx.tasks
+    return map_tasks(g, params, t.xs, t.ys, mode=ctx.mode, in_dims=(0 if per_task else None, 0, 0))
 
 # %% ../nbs/07_regularizers.ipynb #593df24b
 class GradCoherencePenalty(Regularizer):

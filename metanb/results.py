@@ -4,7 +4,7 @@
 
 # %% ../nbs/11a_results.ipynb #d06511bf
 from __future__ import annotations
-import hashlib, inspect, json
+import hashlib, json
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
@@ -19,56 +19,6 @@ from . import runs
 # %% auto #0
 __all__ = ['SLICE_KINDS', 'LANDSCAPE_KINDS', 'LOSSES', 'SLICE_CACHE', 'surfaces', 'save_landscapes', 'load_landscapes',
            'RunBackend', 'RunResults']
-
-# %% ../nbs/11a_results.ipynb #1a04e311
-# TEMPORARY SHIM (issue 14): remove this cell once metanb.runs has the agreed API and landscape takes points_per_call.
-def _into_runs(name:str):
-    "Install the decorated function as `metanb.runs.<name>` unless runs already has one."
-    def deco(f):
-        if not hasattr(runs, name): setattr(runs, name, f)
-        return f
-    return deco
-
-if not hasattr(runs, 'ANALYSIS_DIR'): runs.ANALYSIS_DIR = 'analysis'
-
-@_into_runs('step_dir')
-def _step_dir(run_dir, step) -> Path: return Path(run_dir)/runs.ANALYSIS_DIR/f'step_{int(step):06d}'
-
-@_into_runs('write_pairwise')
-def _write_pairwise(run_dir, step, tasks, **matrices) -> Path:
-    path = runs.step_dir(run_dir, step)/'pairwise.npz'
-    with atomic_write(path, 'wb') as f: np.savez(f, tasks=np.asarray(tasks, 'int64'), **matrices)
-    return path
-
-@_into_runs('read_pairwise')
-def _read_pairwise(run_dir, step) -> dict:
-    path = runs.step_dir(run_dir, step)/'pairwise.npz'
-    if not path.exists(): raise FileNotFoundError(f"{path} does not exist: the analysis of step {step} wrote no pairwise matrices (re-run the analysis)")
-    with np.load(path, allow_pickle=False) as z: return {k: z[k] for k in z.files}
-
-@_into_runs('analysis_settings')
-def _analysis_settings(run_dir) -> dict:
-    metas = sorted((Path(run_dir)/'analysis').glob('step_*/meta.json'))
-    if not metas: raise FileNotFoundError(f"{Path(run_dir)/'analysis'} holds no step_*/meta.json: analyse the run first (metanb.analysis.analyse_run)")
-    return json.loads(metas[-1].read_text()).get('settings', {})
-
-@_into_runs('load_params')
-def _load_params(run_dir_or_ckpt_path, step=None, device='cpu'):
-    from metanb.analysis import load_params
-    p = Path(run_dir_or_ckpt_path)
-    return load_params(runs.ckpt_path(p, runs.list_checkpoints(p)[-1] if step is None else step) if p.is_dir() else p, device)
-
-@_into_runs('meta_test_family')
-def _meta_test_family(config, seed=None): return runs.task_family_from_config(config if seed is None else {**config, 'seed': seed}, 'test')
-
-@_into_runs('meta_test_settings')
-def _meta_test_settings(config, steps=None, lr=None) -> dict:
-    r = runs.inner_settings(config, 'test') if steps is None or lr is None else {}
-    return dict(steps=r['steps'] if steps is None else steps, lr=r['lr'] if lr is None else lr)
-
-def _per_call(f) -> str:
-    "The name of `f`'s grid-points-per-vmap-call argument (`points_per_call`, formerly `chunk_size`)."
-    return 'points_per_call' if 'points_per_call' in inspect.signature(f).parameters else 'chunk_size'
 
 # %% ../nbs/11a_results.ipynb #b06facb8
 SLICE_KINDS = {'1d': '1D: θs → θi', 'tasks': '2D: task plane', 'random': '2D: random plane'}
@@ -135,11 +85,12 @@ def support(self, task:int):
 @patch_to(RunBackend)
 def solutions(self, step:int, tasks:Sequence[int]):
     "theta_s of checkpoint `step`, the tasks' batch, and their solutions adapted as the analysis adapts them."
-    from metanb.analysis import adapt_tasks
+    from metanb.maml import evaluate
     from metanb.hessian import bn_context
     p, b = runs.load_params(self.run_dir, step), self.family.batch(list(tasks))
-    with bn_context(self.model, self.bn_mode):
-        return p, b, unstack_params(adapt_tasks(self.model, p, b, steps=self.steps, lr=self.lr))
+    with bn_context(self.model, self.bn_mode):   # as metanb.analysis.measure_checkpoint: the engine's evaluation, basic batchnorm ops
+        ev = evaluate(self.model, p, b, steps=self.steps, lr=self.lr, fused_bn=False, solutions=True)
+    return p, b, unstack_params(ev['adapted'])
 
 # %% ../nbs/11a_results.ipynb #659b3d62
 @patch_to(RunBackend)
@@ -147,7 +98,7 @@ def slice(self, step:int, tasks:tuple, kind:str, progress:Callable|None=None) ->
     "The `kind` slice of `tasks` at checkpoint `step`: a line per task ('1d'), else one plane scoring every task."
     from metanb import landscape as L
     p, b, sols = self.solutions(step, tasks)
-    kw, names = dict(bn_mode=self.bn_mode, **{_per_call(L.line_slice): self.points_per_call}), {f'θ{t}': s for t, s in zip(tasks, sols)}
+    kw, names = dict(bn_mode=self.bn_mode, points_per_call=self.points_per_call), {f'θ{t}': s for t, s in zip(tasks, sols)}
     if kind == '1d':
         out = []
         for i, t in enumerate(tasks):

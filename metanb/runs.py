@@ -270,11 +270,14 @@ def clean_tmp(folder:str|Path, recursive:bool=False) -> list[Path]:
     return ps
 
 # %% ../nbs/03a_runs.ipynb #498894bc
+_RENAMED = {'support_loss': 'support_loss_before'}   # columns of logs written by older versions -> their names today
+
 class TrainLog:
     "Rows of `train_log.csv`, flushed atomically; `resume_from` drops rows at and after a step."
     def __init__(self, run_dir:str|Path, flush_secs:float=30.):
         self.path, self.flush_secs, self._last = Path(run_dir)/LOG, flush_secs, time.monotonic()
-        self.rows = list(csv.DictReader(io.StringIO(self.path.read_text()))) if self.path.exists() else []
+        rows = list(csv.DictReader(io.StringIO(self.path.read_text()))) if self.path.exists() else []
+        self.rows = [{_RENAMED.get(k, k): v for k, v in r.items()} for r in rows]
     def resume_from(self, step:int):
         "Keep only rows with `step < step`."
         self.rows = [r for r in self.rows if int(r['step']) < step]
@@ -291,4 +294,4 @@ class TrainLog:
 def read_log(run_dir:str|Path):
     "`train_log.csv` of a run as a pandas DataFrame (empty cells are NaN)."
     import pandas as pd
-    return pd.read_csv(Path(run_dir)/LOG)
+    return pd.read_csv(Path(run_dir)/LOG).rename(columns=_RENAMED)

@@ -72,7 +72,6 @@ def synthetic_run(run_dir:str|Path, # folder to create (or overwrite)
     "A run directory with synthetic analysis tables and pairwise matrices (for examples and tests)."
     from metanb.stats import synthetic_study
     from metanb.coherence import pairwise_cosine
-    from metanb import results as _  # TEMPORARY: installs the agreed metanb.runs API (shim in 11a_results) until metanb.runs has it
     from metanb import runs
     run_dir = Path(run_dir); (run_dir/runs.ANALYSIS_DIR).mkdir(parents=True, exist_ok=True)
     tasks, ckpt = synthetic_study(seeds=(seed,), n_checkpoints=n_checkpoints, last_step=last_step, n_tasks=n_tasks, seed=seed)

@@ -122,7 +122,7 @@ def validate(model:nn.Module, params:Params, batches:list, *, steps:int, lr:floa
     ev = [evaluate(model, params, b, steps=steps, lr=lr, batching=batching, group_size=group_size, fused_bn=fused_bn) for b in batches]
     out = {}
     for k in ev[0]:
-        if k == 'support_loss': continue
+        if k == 'support_loss_before': continue
         out[f'val_{k}'], out[f'val_{k}_ci95'] = mean_halfwidth(torch.cat([e[k] for e in ev]))
     return out
 
@@ -151,7 +151,7 @@ def check_finite(step:int, metrics:dict, grads:Params, cfg:TrainConfig, last_ckp
     ok_grads = all(bool(torch.isfinite(g).all()) for g in grads.values())
     if _finite(metrics.get('loss')) and _finite(metrics.get('penalty')) and ok_grads: return
     what = f"the meta-gradient is not finite (loss {metrics.get('loss'):.4g})" if _finite(metrics.get('loss')) else f"the meta-train loss is {metrics.get('loss')}"
-    sup = metrics.get('support_loss')
+    sup = metrics.get('support_loss_before')
     if cfg.algorithm != 'finetune' and sup is not None and math.isfinite(sup) and cfg.inner_steps_train > 0:
         cause = f"the inner steps diverged: the support loss before adaptation is finite ({sup:.4g}); lower the inner learning rate (inner_lr={cfg.inner_lr})"
     else:

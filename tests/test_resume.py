@@ -61,3 +61,14 @@ def test_nan_outer_lr_names_step_and_cause(tmp_path):
         train(cfg, tmp_path, progress=False)
     step = int(str(e.value).split('stopped at step ')[1].split(':')[0])
     assert max(list_checkpoints(tmp_path)) <= step   # nothing written for the broken step
+
+def test_resume_a_run_whose_log_has_the_old_support_loss_column(tmp_path):
+    "A run whose train_log.csv was written before `support_loss` became `support_loss_before` resumes with one column."
+    cfg = {**CFG, 'meta_iters': 20, 'val_every': 0}
+    train(TrainConfig(**cfg), tmp_path, progress=False)
+    log = tmp_path/'train_log.csv'
+    log.write_text(log.read_text().replace('support_loss_before', 'support_loss', 1))   # the header the old code wrote
+    assert 'support_loss_before' in read_log(tmp_path)
+    train(TrainConfig(**{**cfg, 'meta_iters': 30}), tmp_path, progress=False)
+    df = read_log(tmp_path)
+    assert 'support_loss' not in df and df.support_loss_before.notna().sum() == 30, df.columns.tolist()
