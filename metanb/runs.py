@@ -220,7 +220,7 @@ def write_pairwise(run_dir:str|Path, step:int, tasks:Sequence[int], **matrices:n
 def read_pairwise(run_dir:str|Path, step:int) -> dict[str, np.ndarray]:
     "The pairwise matrices of checkpoint `step` and `tasks`, their task ids (as `write_pairwise` wrote them)."
     p = step_dir(run_dir, step)/'pairwise.npz'
-    if not p.is_file(): raise FileNotFoundError(f"{p} does not exist: step {step} of {run_dir} has no analysis (`metanb analyze {run_dir}`)")
+    if not p.is_file(): raise FileNotFoundError(f"{p} does not exist: the analysis of step {step} wrote no pairwise matrices (re-run it: `metanb analyze {run_dir} --force`)")
     with np.load(p, allow_pickle=False) as z: return {k: z[k] for k in z.files}
 
 # %% ../nbs/03a_runs.ipynb #d620ca12
