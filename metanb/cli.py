@@ -4,217 +4,24 @@
 
 # %% ../nbs/13_cli.ipynb #bdb00bb7
 from __future__ import annotations
-import sys, os, json, math, time, argparse, inspect, errno, signal, types
-from dataclasses import fields
+import sys, os, json, time, argparse, inspect, errno, signal, types
 from pathlib import Path
 from typing import NamedTuple
 from fastcore.script import anno_parser, Param, store_true
 from fastcore.meta import delegates
 from .core import get_device
-from .train import ALGORITHMS
+from .presets import (FRESH_TASKS, OPTION_FIELDS, OptionError, require, check_number, check_option, option_field, parse_seeds,
+                            check_device, check_out, check_name, resolve_settings, analysis_config, train_config, study_variants, train_variant, regularized)
 # pandas, the analysis, the stats, the plots and the report (metanb.report) are imported when used: `metanb --help` stays quick
 
 # %% auto #0
-__all__ = ['PRESETS', 'FRESH_TASKS', 'OPTION_FIELDS', 'DATA_HELP', 'ANALYZE_OPTIONS', 'COMMANDS', 'ISSUES', 'OptionField',
-           'OptionError', 'check_number', 'check_option', 'option_field', 'parse_seeds', 'check_variant',
-           'check_device', 'check_out', 'check_data', 'resolve_settings', 'train_config', 'analysis_config',
-           'check_name', 'StudyIncomplete', 'RunOptions', 'run_options', 'study', 'train_run', 'analyze', 'report',
-           'expected_error', 'error_message', 'run_command', 'main']
+__all__ = ['ANALYZE_OPTIONS', 'COMMANDS', 'ISSUES', 'StudyIncomplete', 'RunOptions', 'run_options', 'study', 'train_run',
+           'analyze', 'report', 'expected_error', 'error_message', 'run_command', 'main']
 
-# %% ../nbs/13_cli.ipynb #c1a5e001
-# TEMPORARY SHIM (helper C, issue 14): `metanb.runs` gains `variant_label` and `parse_variant` in helper B's branch; delete this cell at merge
-try: from metanb.runs import variant_label, parse_variant
-except ImportError:
-    def variant_label(algorithm:str, regularizer:str|None=None, first_order:bool=False) -> str:
-        alg = 'fomaml' if first_order and algorithm == 'maml' else algorithm
-        return f'{alg}+{regularizer}' if regularizer not in (None, '', 'none') else alg
-    def parse_variant(label:str) -> tuple[str, str|None]:
-        alg, plus, reg = str(label).partition('+')
-        if not alg or '+' in reg or (plus and not reg): raise ValueError(f"not a variant label: {label!r} (ALGORITHM or ALGORITHM+REGULARIZER)")
-        return alg, reg or None
-
-# %% ../nbs/13_cli.ipynb #1b6853c1
-PRESETS = {
-    'quick': dict(dataset='glyphs', data_kwargs={'fonts': 'matplotlib'}, n_way=5, shots=1, queries=5, meta_iters=600, meta_batch=8, inner_lr=0.4,
-                  inner_steps_train=1, inner_steps_test=10, outer_lr=1e-3, model_kwargs={'hidden': 32}, checkpoints=11, n_tasks=16, tol=1e-2,
-                  variants=('maml', 'finetune', 'maml+coherence_step'), reg_strength=0.1, threads=1, needs_data=False),
-    'omniglot-5w1s': dict(dataset='omniglot', n_way=5, shots=1, queries=15, meta_iters=40000, meta_batch=32, inner_lr=0.4, inner_steps_train=1,
-                          inner_steps_test=10, outer_lr=1e-3, model_kwargs={}, checkpoints=21, n_tasks=100, tol=1e-3,
-                          variants=('maml',), reg_strength=0.1, threads=None, needs_data=True),
-    'omniglot-20w1s': dict(dataset='omniglot', n_way=20, shots=1, queries=15, meta_iters=40000, meta_batch=16, inner_lr=0.1, inner_steps_train=5,
-                           inner_steps_test=10, outer_lr=1e-3, model_kwargs={}, checkpoints=21, n_tasks=100, tol=1e-3,
-                           variants=('maml',), reg_strength=0.1, threads=None, needs_data=True),
-    'miniimagenet-5w1s': dict(dataset='miniimagenet', n_way=5, shots=1, queries=15, meta_iters=60000, meta_batch=4, inner_lr=0.01, inner_steps_train=5,
-                              inner_steps_test=10, outer_lr=1e-3, model_kwargs={}, checkpoints=21, n_tasks=100, tol=1e-3,
-                              variants=('fomaml',), reg_strength=0.1, threads=None, needs_data=True),
-}
-PRESETS['glyphs-overfit'] = dict(  # the paper's regime on the embedded data: MAML meta-overfits (see the table above)
-    dataset='glyphs', data_kwargs={'fonts': 'matplotlib', 'fracs': (0.15, 0.15, 0.7)}, n_way=5, shots=1, queries=5, meta_iters=3000, meta_batch=8,
-    inner_lr=0.4, inner_steps_train=1, inner_steps_test=10, outer_lr=1e-3, model_kwargs={'hidden': 32}, checkpoints=13, n_tasks=16, tol=1e-2,
-    variants=('maml', 'fomaml', 'finetune', 'maml+coherence_step', 'maml+grad_norm'), reg_strength=0.1, threads=1, needs_data=False,
-    val_every=100, val_tasks=100)
-PRESETS['tiny'] = dict(dataset='sinusoid', n_way=2, shots=5, queries=10, meta_iters=40, meta_batch=4, inner_lr=0.01, inner_steps_train=1,
-                       inner_steps_test=5, outer_lr=1e-3, model_kwargs={'sizes': [1, 16, 16, 1]}, checkpoints=6, n_tasks=6, tol=1e-2,
-                       variants=('maml', 'finetune', 'maml+coherence_step'), reg_strength=0.1, threads=1, needs_data=False)  # for tests: seconds
-FRESH_TASKS = 600  # fresh meta-test tasks per run at its final checkpoint (claim 6: the paper's 600-task protocol)
-
-class OptionField(NamedTuple):
-    "The config field an option sets, and the option's valid range (`check_number`'s arguments)."
-    name:str; lo:float|None=None; integer:bool=True; hi:float|None=None; open_lo:bool=False
-
-OPTION_FIELDS = dict(  # the option users type -> the field it sets: TrainConfig's; tasks, tol and analyze's seed and steps set AnalysisConfig's
-    ways=OptionField('n_way', 2), shots=OptionField('shots', 1), queries=OptionField('queries', 1), iters=OptionField('meta_iters', 1), meta_batch=OptionField('meta_batch', 1),
-    strength=OptionField('reg_strength', 0, False), inner_lr=OptionField('inner_lr', 0, False, open_lo=True), threads=OptionField('threads', 1),
-    workers=OptionField('workers', 1), checkpoints=OptionField('checkpoints', 2), tasks=OptionField('n_tasks', 2), tol=OptionField('tol', 0, False, 1, True),
-    seed=OptionField('seed', 0), steps=OptionField('steps', 1))
-
-# %% ../nbs/13_cli.ipynb #7f254e3f
-class OptionError(ValueError):
-    "A bad command-line option; the message starts with the option's name."
-    def __init__(self, option:str, msg:str): super().__init__(f"{option}: {msg}"); self.option = option
-
-def _need(ok:bool, option:str, msg:str):
-    if not ok: raise OptionError(option, msg)
-
-def check_number(v, option:str, lo=None, hi=None, integer:bool=False, open_lo:bool=False):
-    "`v` if it is a (finite) number in range, else an `OptionError` naming `option`."
-    if v is None: return v
-    _need(isinstance(v, (int, float)) and math.isfinite(v) and (not integer or float(v).is_integer()), option, f"must be a finite {'integer' if integer else 'number'}, got {v!r}")
-    if lo is not None: _need(v > lo if open_lo else v >= lo, option, f"must be {'>' if open_lo else '>='} {lo}, got {v}")
-    if hi is not None: _need(v <= hi, option, f"must be <= {hi}, got {v}")
-    return int(v) if integer else v
-
-def check_option(option:str, v):
-    "`v` checked against the range `OPTION_FIELDS` gives `option` (None passes)."
-    f = OPTION_FIELDS[option]
-    return check_number(v, '--' + option, f.lo, f.hi, f.integer, f.open_lo)
-
-def option_field(option:str) -> str:
-    "The config field `option` sets (`OPTION_FIELDS`; an option not in the table sets the field of its own name)."
-    return OPTION_FIELDS[option].name if option in OPTION_FIELDS else option
-
-# %% ../nbs/13_cli.ipynb #36e67be6
-def _regularizer_names() -> tuple:
-    "Names `metanb.regularizers` accepts (none if that module is missing)."
-    try: from metanb.regularizers import REGULARIZERS
-    except ImportError: return ('none',)
-    return tuple(REGULARIZERS)
-
-def _norm_reg(name:str) -> str: return name.strip().lower().replace('-', '_')
-
-def parse_seeds(s:str, option:str='--seeds') -> list[int]:
-    "'0,1,2' or '0-4' as a list of distinct seeds >= 0."
-    try:
-        if '-' in s.strip('-') and ',' not in s: a, b = s.split('-'); out = list(range(int(a), int(b) + 1))
-        else: out = [int(x) for x in str(s).split(',') if x.strip()]
-    except ValueError: raise OptionError(option, f"expected seeds like '0,1,2' or '0-4', got {s!r}") from None
-    _need(len(out) > 0 and all(x >= 0 for x in out) and len(set(out)) == len(out), option, f"need distinct seeds >= 0, got {s!r}")
-    return out
-
-def check_variant(v:str, option:str='--variants') -> str:
-    "A variant label 'ALGORITHM' or 'ALGORITHM+REGULARIZER' (`metanb.runs.variant_label`), checked and normalized."
-    try: alg, reg = parse_variant(v.strip().lower())
-    except ValueError as e: raise OptionError(option, str(e)) from None
-    _need(alg in ALGORITHMS, option, f"unknown algorithm {alg!r} in {v!r}: use one of {', '.join(ALGORITHMS)}")
-    if reg is None: return variant_label(alg)
-    reg, names = _norm_reg(reg), _regularizer_names()
-    _need(reg in names and reg != 'none', option, f"unknown regularizer {reg!r} in {v!r}: use one of {', '.join(n for n in names if n != 'none')}")
-    _need(alg != 'finetune', option, f"the finetune baseline takes no regularizer (got {v!r})")
-    return variant_label(alg, reg)
-
-def _regularized(variant:str) -> bool: return parse_variant(variant)[1] is not None
-
-# %% ../nbs/13_cli.ipynb #7a3b692a
-_MAX_IMAGES = {'glyphs': 20, 'omniglot': 20, 'miniimagenet': 600}  # images per class (shots + queries must fit)
-_MAX_WAYS = {'miniimagenet': 20}  # meta-test classes of the split
-
-DATA_HELP = "the layouts are on the docs pages metanb.data.omniglot and metanb.data.miniimagenet; see also `metanb study --help`"
-
-def check_device(device:str, option:str='--device') -> str:
-    "`device` if it exists here ('auto', 'cpu', 'cuda', 'cuda:N')."
-    try: get_device(device)
-    except (ValueError, RuntimeError) as e: raise OptionError(option, str(e)) from None
-    return device
-
-def check_out(path:str, option:str='--out') -> Path:
-    "An output folder that exists or can be created (nothing is created here)."
-    p = Path(path).expanduser()
-    _need(not p.exists() or p.is_dir(), option, f"{p} exists and is not a folder")
-    q = p
-    while not q.exists(): q = q.parent
-    _need(os.access(q, os.W_OK), option, f"cannot write under {q}")
-    return p
-
-def check_data(preset:dict, data:str|None, option:str='--data') -> Path|None:
-    "The dataset path: required (and must exist) for the presets that use data on disk."
-    if data is None:
-        _need(not preset['needs_data'], option, f"this preset trains on {preset['dataset']}, which must be on disk: pass --data PATH ({DATA_HELP})")
-        return None
-    p = Path(data).expanduser()
-    _need(p.exists(), option, f"{p} does not exist")
-    _need(p.is_dir(), option, f"{p} is not a folder")
-    return p
-
-# %% ../nbs/13_cli.ipynb #50045b53
-def resolve_settings(preset:str, # a name of `PRESETS`
-                     data:str|None=None, **overrides) -> dict:
-    "The preset's settings with the non-None `overrides` (by option name, see `OPTION_FIELDS`) applied, every value checked (`OptionError` naming the option)."
-    _need(preset in PRESETS, '--preset', f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
-    given = {k: v for k, v in overrides.items() if v is not None}
-    s = dict(PRESETS[preset], preset=preset, given=sorted(given))
-    for k, v in given.items(): s[OPTION_FIELDS[k].name] = check_option(k, v)
-    s['data'] = check_data(s, data)
-    ds = s['dataset']
-    _need(ds != 'sinusoid' or 'ways' not in given, '--ways', f"preset {preset} trains on sinusoid regression, which has no classes: drop --ways")
-    lim = _MAX_IMAGES.get(ds, math.inf)
-    _need(s['shots'] + s['queries'] <= lim, '--shots', f"shots + queries = {s['shots']} + {s['queries']} exceeds the {lim} images per class of {ds}")
-    if ds in _MAX_WAYS: _need(s['n_way'] <= _MAX_WAYS[ds], '--ways', f"{ds} has {_MAX_WAYS[ds]} meta-test classes: use --ways <= {_MAX_WAYS[ds]}")
-    _need(s['checkpoints'] <= s['meta_iters'] + 1, '--checkpoints', f"{s['checkpoints']} checkpoints do not fit in {s['meta_iters']} iterations")
-    return s
-
-# %% ../nbs/13_cli.ipynb #1a10d3b3
-def _fields(cls, s:dict) -> dict: return {f.name: s[f.name] for f in fields(cls) if f.name in s}
-
-def train_config(s:dict, variant:str, seed:int, device:str='auto'):
-    "The `metanb.train.TrainConfig` of one run of a study with settings `s` (from `resolve_settings`)."
-    from metanb.train import TrainConfig
-    alg, reg = parse_variant(variant)
-    return TrainConfig(**{**_fields(TrainConfig, s), 'algorithm': alg, 'regularizer': reg, 'reg_strength': s['reg_strength'] if reg else 0.0,
-                          'data_path': str(s['data']) if s['data'] else None, 'ckpt_every': max(1, s['meta_iters'] // (s['checkpoints'] - 1)),
-                          'ckpt_log': None, 'val_every': s.get('val_every', 0), 'val_tasks': s.get('val_tasks', s['n_tasks']), 'seed': seed,
-                          'device': device, 'model_kwargs': dict(s['model_kwargs']), 'data_kwargs': dict(s.get('data_kwargs', {})),
-                          'workers': s.get('workers') or 1})
-
-def analysis_config(s:dict, device:str='auto'):
-    "The `metanb.analysis.AnalysisConfig` of a study with settings `s`."
-    from metanb.analysis import AnalysisConfig
-    return AnalysisConfig(n_tasks=s['n_tasks'], tol=s['tol'], device=device)
-
-# %% ../nbs/13_cli.ipynb #9647f448
-def _variants(s:dict, variants:str|None, regularizer:str|None) -> list[str]:
-    "The study's variants: `--variants`, else the preset's; `--regularizer` renames (or, 'none', drops) the regularized ones."
-    vs = [check_variant(v) for v in (variants.split(',') if variants else s['variants'])]
-    if regularizer is not None:
-        r = _norm_reg(regularizer); names = _regularizer_names()
-        _need(r in names, '--regularizer', f"unknown regularizer {regularizer!r}: use one of {', '.join(names)}")
-        vs = [v for v in vs if not _regularized(v)] if r == 'none' else list(dict.fromkeys(variant_label(a, g and r) for a, g in map(parse_variant, vs)))
-        if r != 'none' and not any(map(_regularized, vs)): vs.append(variant_label('maml', r))
-    _need(len(set(vs)) == len(vs), '--variants', f"variants repeat: {vs}")
-    _need('strength' not in s.get('given', ()) or any(map(_regularized, vs)), '--strength',
-          f"no variant is regularized ({', '.join(vs)}): --strength needs one (e.g. --variants maml+coherence_step), or drop --strength")
-    return vs
-
-def check_name(name:str|None, option:str='--name') -> str|None:
-    "A run name: one folder under --out (no path separator, not '.' or '..')."
-    if name is None: return None
-    _need(name.strip() not in ('', '.', '..') and '/' not in name and os.sep not in name and '\\' not in name, option,
-          f"must be a folder name under --out, without '/' or '..', got {name!r}")
-    return name
-
+# %% ../nbs/13_cli.ipynb #9a97b9cd
 def _study_dir(out:Path, s:dict) -> Path: return out/s['preset']
 def _run_dir(study:Path, variant:str, seed:int) -> Path: return study/f'{variant}-s{seed}'
 
-# %% ../nbs/13_cli.ipynb #9a97b9cd
 def _ranks() -> int: return int(os.environ.get('WORLD_SIZE', 1))
 def _main_rank() -> bool: return int(os.environ.get('RANK', 0)) == 0
 
@@ -254,13 +61,13 @@ def _train_one(s:dict, variant:str, seed:int, device:str, run_dir:Path, progress
 def _check_workers(s:dict, device:str):
     "Task threads serve `meta_grad`'s per-task loop (its choice on a CPU); on CUDA it batches tasks with vmap instead."
     from metanb.maml import resolve_batching
-    _need((s.get('workers') or 1) == 1 or resolve_batching('auto', get_device(device)) == 'loop', '--workers',
+    require((s.get('workers') or 1) == 1 or resolve_batching('auto', get_device(device)) == 'loop', '--workers',
           f"task threads are for CPU training (loop batching); on {device} tasks are batched with vmap: drop --workers")
 
 def _fresh(dirs:list[Path], option:str='--no_resume'):
     "With --no_resume, refuse to touch existing runs (nothing is deleted)."
     taken = [d for d in dirs if d.exists() and any(d.iterdir())]
-    _need(not taken, option, f"{taken[0]} already exists: remove it, or choose another --out (nothing is deleted)")
+    require(not taken, option, f"{taken[0]} already exists: remove it, or choose another --out (nothing is deleted)")
 
 # %% ../nbs/13_cli.ipynb #4bae0c75
 def _check_executor(executor:str='local', # local (worker processes, one run each), slurm (a submitit job array) or inline (this process, one run after another)
@@ -276,7 +83,7 @@ def _check_executor(executor:str='local', # local (worker processes, one run eac
     "The executor's name and its `SlurmOptions`, every option checked (`OptionError`); under torchrun, inline (every rank runs each job)."
     from metanb.executor import EXECUTORS, SlurmOptions
     ex = str(executor).strip().lower()
-    _need(ex in EXECUTORS, '--executor', f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    require(ex in EXECUTORS, '--executor', f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     check_number(parallel, '--parallel', 1, integer=True); check_number(time_min, '--time_min', 3, integer=True)
     check_number(cpus, '--cpus', 1, integer=True); check_number(gpus, '--gpus', 0, integer=True)
     check_number(mem_gb, '--mem_gb', 0, open_lo=True); check_number(max_parallel, '--max_parallel', 1, integer=True)
@@ -284,7 +91,7 @@ def _check_executor(executor:str='local', # local (worker processes, one run eac
         import shutil
         try: import submitit  # noqa: F401
         except ImportError: raise OptionError('--executor', "slurm needs submitit: pip install submitit") from None
-        _need(shutil.which('sbatch') is not None, '--executor', "slurm: no sbatch on PATH (run on a SLURM login node, or use --executor local)")
+        require(shutil.which('sbatch') is not None, '--executor', "slurm: no sbatch on PATH (run on a SLURM login node, or use --executor local)")
     if _ranks() > 1: ex = 'inline'
     return ex, SlurmOptions(partition, time_min, cpus, gpus, mem_gb, max_parallel, sbatch)
 
@@ -365,7 +172,7 @@ def study(seeds:str='0', # seeds, e.g. '0,1,2' or '0-4': one run per seed and va
     from metanb.executor import Job
     from metanb.report import write_report
     o, executor = run_options(**_split(kwargs, run_options), tasks=tasks), _split(kwargs, _check_executor)
-    s, vs, sd = o.settings, _variants(o.settings, variants, o.regularizer), parse_seeds(seeds)
+    s, vs, sd = o.settings, study_variants(o.settings, variants, o.regularizer), parse_seeds(seeds)
     root = _study_dir(o.out, s)
     runs = [(v, seed, _run_dir(root, v, seed)) for v in vs for seed in sd]
     ex, sl = _check_executor(**executor)
@@ -398,10 +205,8 @@ def train_run(name:str=None, # run directory name under OUT (default VARIANT-sSE
              ):
     "Meta-train one run into OUT/NAME (resumes an interrupted run)."
     o = run_options(**kwargs)
-    v = algorithm.strip().lower()
-    _need(v in ALGORITHMS, '--algorithm', f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
-    if o.regularizer is not None and _norm_reg(o.regularizer) != 'none': v = check_variant(variant_label(v, o.regularizer), '--regularizer')
-    _need('strength' not in o.settings['given'] or _regularized(v), '--strength', "sets the strength of a regularizer: pass --regularizer NAME too, or drop --strength")
+    v = train_variant(algorithm, o.regularizer)
+    require('strength' not in o.settings['given'] or regularized(v), '--strength', "sets the strength of a regularizer: pass --regularizer NAME too, or drop --strength")
     seed = check_option('seed', seed)
     d = o.out/check_name(name) if name is not None else _run_dir(o.out, v, seed)
     if o.no_resume: _fresh([d])
@@ -415,8 +220,8 @@ def _check_runs(runs:list, need:str, option:str='RUN') -> list[Path]:
     out = []
     for r in runs:
         p = Path(r).expanduser()
-        _need(p.is_dir(), option, f"{p} is not a folder")
-        _need((p/need).exists(), option, f"{p} has no {need}" + (': analyse it first (metanb analyze)' if 'analysis' in need else ': is it a run directory?'))
+        require(p.is_dir(), option, f"{p} is not a folder")
+        require((p/need).exists(), option, f"{p} has no {need}" + (': analyse it first (metanb analyze)' if 'analysis' in need else ': is it a run directory?'))
         if need == 'config.json': _config_ok(p/need, option)
         out.append(p)
     return out
@@ -425,7 +230,7 @@ def _config_ok(f:Path, option:str):
     "A run's config.json must be a JSON object (an edited or truncated one fails here, naming the file)."
     try: c = json.loads(f.read_text())
     except (ValueError, UnicodeDecodeError) as e: raise OptionError(option, f"{f} is not valid JSON ({e}): restore it, or train the run again") from None
-    _need(isinstance(c, dict), option, f"{f} must hold a JSON object (the run's settings), got {type(c).__name__}")
+    require(isinstance(c, dict), option, f"{f} must hold a JSON object (the run's settings), got {type(c).__name__}")
 
 ANALYZE_OPTIONS = ('tasks', 'seed', 'steps', 'tol', 'bn_mode')  # set AnalysisConfig's fields (`OPTION_FIELDS`; bn_mode its own), with its defaults
 
@@ -458,9 +263,9 @@ def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
     from metanb.hessian import BN_MODES
     from metanb.executor import Job
     dirs = _check_runs(runs or [], 'config.json')
-    _need(bool(dirs), 'RUN', 'give at least one run directory')
+    require(bool(dirs), 'RUN', 'give at least one run directory')
     given = {o: check_option(o, v) if o in OPTION_FIELDS else v for o in ANALYZE_OPTIONS if (v := opts[o]) is not None}
-    _need(bn_mode is None or bn_mode in BN_MODES, '--bn_mode', f"must be {' or '.join(map(repr, BN_MODES))}, got {bn_mode!r}")
+    require(bn_mode is None or bn_mode in BN_MODES, '--bn_mode', f"must be {' or '.join(map(repr, BN_MODES))}, got {bn_mode!r}")
     check_option('threads', threads)
     cfg = AnalysisConfig(**{option_field(o): v for o, v in given.items()},
                          hessian=not no_hessian, trace=trace, device=check_device(device))
@@ -477,7 +282,7 @@ def report(runs:Param('run directories (analysed)', str, nargs='+', opt=False)=N
     "Write figures and report.md (summary and claims tables) for analysed runs, and print where it is."
     from metanb.report import write_report
     dirs = _check_runs(runs or [], 'analysis')
-    _need(bool(dirs), 'RUN', 'give at least one analysed run directory')
+    require(bool(dirs), 'RUN', 'give at least one analysed run directory')
     if out is not None: check_out(out)
     rep = write_report(dirs, out, title, log=_say)
     _say(f"report: {rep}")
@@ -603,15 +408,15 @@ def _split_nproc(argv:list[str]) -> tuple[int, list[str]]:
 
 def _relaunch(nproc:int, cmd:str, argv:list[str], args:dict) -> int:
     "Run the command in `nproc` processes under torchrun (options are checked here first, once)."
-    _need(cmd in ('study', 'train', 'analyze'), '--nproc', f"metanb {cmd} runs in one process")
-    _need(_ranks() == 1, '--nproc', "already running under torchrun: drop --nproc")
+    require(cmd in ('study', 'train', 'analyze'), '--nproc', f"metanb {cmd} runs in one process")
+    require(_ranks() == 1, '--nproc', "already running under torchrun: drop --nproc")
     if 'device' in args: check_device(args['device'])
     if cmd == 'analyze': _check_runs(args['runs'] or [], 'config.json')
     else:
         s = resolve_settings(args['preset'], args['data'])
-        regs = [v for v in _variants(s, args['variants'], args['regularizer']) if _regularized(v)] if cmd == 'study' else \
-               ([args['regularizer']] if args['regularizer'] not in (None, 'none') else [])
-        _need(not regs, '--nproc', f"{regs[0]} couples the tasks of a whole meta-batch, which the ranks would split: "
+        vs = study_variants(s, args['variants'], args['regularizer']) if cmd == 'study' else [train_variant(args['algorithm'], args['regularizer'])]
+        regs = [v for v in vs if regularized(v)]
+        require(not regs, '--nproc', f"{regs[0]} couples the tasks of a whole meta-batch, which the ranks would split: "
               "train regularized variants in one process (or pass --regularizer none)" if regs else '')
     return _torchrun_one_line(nproc, argv)
 
