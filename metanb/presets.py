@@ -119,7 +119,9 @@ def check_variant(v:str, option:str='--variants') -> str:
     require(alg != 'finetune', option, f"the finetune baseline takes no regularizer (got {v!r})")
     return variant_label(alg, reg)
 
-def regularized(variant:str) -> bool: return parse_variant(variant)[1] is not None
+def regularized(variant:str) -> bool:
+    "Whether `variant` is regularized ('ALGORITHM+REGULARIZER')."
+    return parse_variant(variant)[1] is not None
 
 # %% ../nbs/12b_presets.ipynb #7a3b692a
 _MAX_IMAGES = {'glyphs': 20, 'omniglot': 20, 'miniimagenet': 600}  # images per class (shots + queries must fit)
