@@ -4,338 +4,24 @@
 
 # %% ../nbs/13_cli.ipynb #bdb00bb7
 from __future__ import annotations
-import sys, os, json, math, time, argparse, inspect, errno, signal
-from dataclasses import dataclass
+import sys, os, json, time, argparse, inspect, errno, signal, types
 from pathlib import Path
-import numpy as np
+from typing import NamedTuple
 from fastcore.script import anno_parser, Param, store_true
 from fastcore.meta import delegates
-from .core import get_device, write_text, torch_threads
-GENERALIZATION = 'query_acc'  # = metanb.stats.GENERALIZATION (pandas, the stats and the plots are imported when used: `metanb --help` stays quick)
+from .core import get_device
+from .presets import (FRESH_TASKS, OPTION_FIELDS, OptionError, require, check_number, check_option, option_field, parse_seeds,
+                            check_device, check_out, check_name, resolve_settings, analysis_config, train_config, study_variants, train_variant, regularized)
+# pandas, the analysis, the stats, the plots and the report (metanb.report) are imported when used: `metanb --help` stays quick
 
 # %% auto #0
-__all__ = ['GENERALIZATION', 'PRESETS', 'ALGORITHMS', 'FRESH_TASKS', 'DATA_HELP', 'SUMMARY_MEASURES', 'COMMANDS', 'ISSUES',
-           'OptionError', 'check_number', 'parse_seeds', 'parse_variant', 'check_device', 'check_out', 'check_data',
-           'resolve_settings', 'md_table', 'summary_table', 'check_analysis', 'write_report', 'train_config',
-           'analysis_config', 'check_name', 'StudyIncomplete', 'study', 'train_run', 'analyze', 'report',
-           'expected_error', 'error_message', 'run_command', 'main']
+__all__ = ['ANALYZE_OPTIONS', 'COMMANDS', 'ISSUES', 'StudyIncomplete', 'RunOptions', 'run_options', 'study', 'train_run',
+           'analyze', 'report', 'expected_error', 'error_message', 'run_command', 'main']
 
-# %% ../nbs/13_cli.ipynb #1b6853c1
-PRESETS = {
-    'quick': dict(dataset='glyphs', data_kwargs={'fonts': 'matplotlib'}, ways=5, shots=1, queries=5, iters=600, meta_batch=8, inner_lr=0.4, train_steps=1,
-                  test_steps=10, outer_lr=1e-3, model_kwargs={'hidden': 32}, checkpoints=11, tasks=16, tol=1e-2,
-                  variants=('maml', 'finetune', 'maml+coherence_step'), strength=0.1, threads=1, needs_data=False),
-    'omniglot-5w1s': dict(dataset='omniglot', ways=5, shots=1, queries=15, iters=40000, meta_batch=32, inner_lr=0.4, train_steps=1,
-                          test_steps=10, outer_lr=1e-3, model_kwargs={}, checkpoints=21, tasks=100, tol=1e-3,
-                          variants=('maml',), strength=0.1, threads=None, needs_data=True),
-    'omniglot-20w1s': dict(dataset='omniglot', ways=20, shots=1, queries=15, iters=40000, meta_batch=16, inner_lr=0.1, train_steps=5,
-                           test_steps=10, outer_lr=1e-3, model_kwargs={}, checkpoints=21, tasks=100, tol=1e-3,
-                           variants=('maml',), strength=0.1, threads=None, needs_data=True),
-    'miniimagenet-5w1s': dict(dataset='miniimagenet', ways=5, shots=1, queries=15, iters=60000, meta_batch=4, inner_lr=0.01, train_steps=5,
-                              test_steps=10, outer_lr=1e-3, model_kwargs={}, checkpoints=21, tasks=100, tol=1e-3,
-                              variants=('fomaml',), strength=0.1, threads=None, needs_data=True),
-}
-PRESETS['glyphs-overfit'] = dict(  # the paper's regime on the embedded data: MAML meta-overfits (see the table above)
-    dataset='glyphs', data_kwargs={'fonts': 'matplotlib', 'fracs': (0.15, 0.15, 0.7)}, ways=5, shots=1, queries=5, iters=3000, meta_batch=8,
-    inner_lr=0.4, train_steps=1, test_steps=10, outer_lr=1e-3, model_kwargs={'hidden': 32}, checkpoints=13, tasks=16, tol=1e-2,
-    variants=('maml', 'fomaml', 'finetune', 'maml+coherence_step', 'maml+grad_norm'), strength=0.1, threads=1, needs_data=False,
-    val_every=100, val_tasks=100)
-PRESETS['tiny'] = dict(dataset='sinusoid', ways=2, shots=5, queries=10, iters=40, meta_batch=4, inner_lr=0.01, train_steps=1,
-                       test_steps=5, outer_lr=1e-3, model_kwargs={'sizes': [1, 16, 16, 1]}, checkpoints=6, tasks=6, tol=1e-2,
-                       variants=('maml', 'finetune', 'maml+coherence_step'), strength=0.1, threads=1, needs_data=False)  # for tests: seconds
-ALGORITHMS = ('maml', 'fomaml', 'finetune')
-FRESH_TASKS = 600  # fresh meta-test tasks per run at its final checkpoint (claim 6: the paper's 600-task protocol)
-
-# %% ../nbs/13_cli.ipynb #7f254e3f
-class OptionError(ValueError):
-    "A bad command-line option; the message starts with the option's name."
-    def __init__(self, option:str, msg:str): super().__init__(f"{option}: {msg}"); self.option = option
-
-def _need(ok:bool, option:str, msg:str):
-    if not ok: raise OptionError(option, msg)
-
-def check_number(v, option:str, lo=None, hi=None, integer:bool=False, open_lo:bool=False):
-    "`v` if it is a (finite) number in range, else an `OptionError` naming `option`."
-    if v is None: return v
-    _need(isinstance(v, (int, float)) and math.isfinite(v) and (not integer or float(v).is_integer()), option, f"must be a finite {'integer' if integer else 'number'}, got {v!r}")
-    if lo is not None: _need(v > lo if open_lo else v >= lo, option, f"must be {'>' if open_lo else '>='} {lo}, got {v}")
-    if hi is not None: _need(v <= hi, option, f"must be <= {hi}, got {v}")
-    return int(v) if integer else v
-
-# %% ../nbs/13_cli.ipynb #36e67be6
-def _regularizer_names() -> tuple:
-    "Names `metanb.regularizers` accepts (none if that module is missing)."
-    try: from metanb.regularizers import REGULARIZERS
-    except ImportError: return ('none',)
-    return tuple(REGULARIZERS)
-
-def _norm_reg(name:str) -> str: return name.strip().lower().replace('-', '_')
-
-def parse_seeds(s:str, option:str='--seeds') -> list[int]:
-    "'0,1,2' or '0-4' as a list of distinct seeds >= 0."
-    try:
-        if '-' in s.strip('-') and ',' not in s: a, b = s.split('-'); out = list(range(int(a), int(b) + 1))
-        else: out = [int(x) for x in str(s).split(',') if x.strip()]
-    except ValueError: raise OptionError(option, f"expected seeds like '0,1,2' or '0-4', got {s!r}") from None
-    _need(len(out) > 0 and all(x >= 0 for x in out) and len(set(out)) == len(out), option, f"need distinct seeds >= 0, got {s!r}")
-    return out
-
-def parse_variant(v:str, option:str='--variants') -> str:
-    "A variant label 'ALGORITHM' or 'ALGORITHM+REGULARIZER', checked and normalized."
-    alg, _, reg = v.strip().lower().partition('+')
-    _need(alg in ALGORITHMS, option, f"unknown algorithm {alg!r} in {v!r}: use one of {', '.join(ALGORITHMS)}")
-    if not reg: return alg
-    reg, names = _norm_reg(reg), _regularizer_names()
-    _need(reg in names and reg != 'none', option, f"unknown regularizer {reg!r} in {v!r}: use one of {', '.join(n for n in names if n != 'none')}")
-    _need(alg != 'finetune', option, f"the finetune baseline takes no regularizer (got {v!r})")
-    return f'{alg}+{reg}'
-
-# %% ../nbs/13_cli.ipynb #7a3b692a
-_MAX_IMAGES = {'glyphs': 20, 'omniglot': 20, 'miniimagenet': 600}  # images per class (shots + queries must fit)
-_MAX_WAYS = {'miniimagenet': 20}  # meta-test classes of the split
-
-DATA_HELP = "the layouts are on the docs pages metanb.data.omniglot and metanb.data.miniimagenet; see also `metanb study --help`"
-
-def check_device(device:str, option:str='--device') -> str:
-    "`device` if it exists here ('auto', 'cpu', 'cuda', 'cuda:N')."
-    try: get_device(device)
-    except (ValueError, RuntimeError) as e: raise OptionError(option, str(e)) from None
-    return device
-
-def check_out(path:str, option:str='--out') -> Path:
-    "An output folder that exists or can be created (nothing is created here)."
-    p = Path(path).expanduser()
-    _need(not p.exists() or p.is_dir(), option, f"{p} exists and is not a folder")
-    q = p
-    while not q.exists(): q = q.parent
-    _need(os.access(q, os.W_OK), option, f"cannot write under {q}")
-    return p
-
-def check_data(preset:dict, data:str|None, option:str='--data') -> Path|None:
-    "The dataset path: required (and must exist) for the presets that use data on disk."
-    if data is None:
-        _need(not preset['needs_data'], option, f"this preset trains on {preset['dataset']}, which must be on disk: pass --data PATH ({DATA_HELP})")
-        return None
-    p = Path(data).expanduser()
-    _need(p.exists(), option, f"{p} does not exist")
-    _need(p.is_dir(), option, f"{p} is not a folder")
-    return p
-
-# %% ../nbs/13_cli.ipynb #50045b53
-_RANGES = dict(ways=(2, None, True), shots=(1, None, True), queries=(1, None, True), iters=(1, None, True), meta_batch=(1, None, True),
-               tasks=(2, None, True), checkpoints=(2, None, True), strength=(0, None, False), inner_lr=(0, None, False),
-               threads=(1, None, True), workers=(1, None, True))
-
-def resolve_settings(preset:str, # a name of `PRESETS`
-                     data:str|None=None, **overrides) -> dict:
-    "The preset's settings with the non-None `overrides` applied, every value checked (`OptionError` naming the option)."
-    _need(preset in PRESETS, '--preset', f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
-    s = dict(PRESETS[preset], preset=preset, given=sorted(k for k, v in overrides.items() if v is not None))
-    for k, v in overrides.items():
-        if v is None: continue
-        lo, hi, integer = _RANGES[k]
-        s[k] = check_number(v, '--' + k, lo, hi, integer, open_lo=k == 'inner_lr')
-    s['data'] = check_data(s, data)
-    ds = s['dataset']
-    _need(ds != 'sinusoid' or overrides.get('ways') is None, '--ways', f"preset {preset} trains on sinusoid regression, which has no classes: drop --ways")
-    lim = _MAX_IMAGES.get(ds, math.inf)
-    _need(s['shots'] + s['queries'] <= lim, '--shots', f"shots + queries = {s['shots']} + {s['queries']} exceeds the {lim} images per class of {ds}")
-    if ds in _MAX_WAYS: _need(s['ways'] <= _MAX_WAYS[ds], '--ways', f"{ds} has {_MAX_WAYS[ds]} meta-test classes: use --ways <= {_MAX_WAYS[ds]}")
-    _need(s['checkpoints'] <= s['iters'] + 1, '--checkpoints', f"{s['checkpoints']} checkpoints do not fit in {s['iters']} iterations")
-    return s
-
-# %% ../nbs/13_cli.ipynb #d725e3ef
-def _fmt(v, digits:int=3) -> str:
-    if isinstance(v, (float, np.floating)): return 'nan' if not np.isfinite(v) else f'{v:.{digits}g}'
-    if isinstance(v, (tuple, list)): return ', '.join(_fmt(x, digits) for x in v)
-    return str(v)
-
-def md_table(df, # a pandas DataFrame
-             digits:int=3) -> str:
-    "A GitHub-flavoured markdown table of `df` (numbers to `digits` significant digits)."
-    cols = [str(c) for c in df.columns]
-    esc = lambda s: str(s).replace('|', '\\|').replace('\n', ' ')
-    rows = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-    rows += ['| ' + ' | '.join(esc(_fmt(v, digits)) for v in r) + ' |' for r in df.itertuples(index=False)]
-    return '\n'.join(rows)
-
-# %% ../nbs/13_cli.ipynb #c0586f70
-SUMMARY_MEASURES = ('top_eig', 'support_loss', 'distance', 'traj_coherence', 'grad_coherence')
-
-def _target(ckpt) -> str:
-    "Generalization: query accuracy, or the query loss for regression runs (no accuracy)."
-    return GENERALIZATION if GENERALIZATION in set(ckpt['measure']) else 'query_loss'
-
-def summary_table(ckpt:'pd.DataFrame', conf:float=0.95) -> 'pd.DataFrame':
-    "Per variant (or run): final generalization with its CI over seeds (or tasks), and the final landscape measures."
-    import pandas as pd
-    from metanb.stats import validate_checkpoints, variant_summary, ci_text
-    ckpt = validate_checkpoints(ckpt)
-    g = 'variant' if 'variant' in ckpt else 'run'
-    target = _target(ckpt)
-    acc = variant_summary(ckpt, target, conf).set_index(g)
-    out = pd.DataFrame({'runs': acc['n_seeds'], 'final step': [max(s) for s in acc['step']],
-                        target: acc['mean'], '95% CI': [ci_text(lo, hi, k) for lo, hi, k in zip(acc['ci_low'], acc['ci_high'], acc['interval'])]})
-    for m in SUMMARY_MEASURES:
-        if m in set(ckpt['measure']): out[m] = variant_summary(ckpt, m, conf).set_index(g)['mean']
-    return out.reset_index()
-
-# %% ../nbs/13_cli.ipynb #3bb0e110
-def _read_table(f:Path) -> 'pd.DataFrame':
-    "A per-checkpoint table (analysis/summary.csv), or a clear error naming the file."
-    import pandas as pd
-    from metanb.stats import validate_checkpoints
-    try: return validate_checkpoints(pd.read_csv(f))
-    except (ValueError, KeyError, UnicodeDecodeError) as e:  # pandas' parser errors are ValueErrors
-        raise ValueError(f"{f} is not a readable analysis table ({' '.join(str(e).split())[:160]}): `metanb analyze {f.parent.parent}` rewrites it") from None
-
-def _expected_steps(run:Path) -> list[int]|None:
-    "The checkpoint schedule in the run's config.json (None when it does not say: a run written by hand)."
-    try: c = json.loads((run/'config.json').read_text())
-    except (OSError, ValueError): return None
-    if not isinstance(c, dict) or not c.get('meta_iters') or not (c.get('ckpt_every') or c.get('ckpt_log')): return None
-    from types import SimpleNamespace
-    from metanb.train import checkpoint_steps
-    return checkpoint_steps(SimpleNamespace(meta_iters=int(c['meta_iters']), ckpt_every=c.get('ckpt_every'), ckpt_log=c.get('ckpt_log')))
-
-def _figures(ckpt, runs:list[Path], fig_dir:Path) -> tuple[list[Path], list[str]]:
-    "Draw the report's figures into `fig_dir`; returns the files and the reasons for the ones left out."
-    from metanb import plots
-    made, skipped = [], []
-    def _save(fig, path): plots.save_figure(fig, path, dpi=100); made.append(path)
-    def attempt(name, f):
-        try: _save(f(), fig_dir/name)
-        except (ValueError, KeyError, FileNotFoundError) as e: skipped.append(f"{name}: {e}")
-    t = _target(ckpt); tn = 'accuracy' if t == GENERALIZATION else t
-    attempt('measures_vs_step.png', lambda: plots.plot_measures_vs_step(ckpt, target=t))
-    for m in ('traj_coherence', 'grad_coherence'):
-        attempt(f'{m}_vs_{tn}.png', lambda m=m: plots.plot_coherence_vs_accuracy(ckpt, m, target=t, n_resamples=500))
-    if ckpt[['variant', 'run']].drop_duplicates().shape[0] > 1: attempt(f'final_{tn}.png', lambda: plots.plot_final(ckpt, t))
-    def heat():
-        last = max(int(p.name[5:]) for p in (runs[0]/'analysis').glob('step_*') if (p/'pairwise.npz').is_file())
-        with np.load(runs[0]/'analysis'/f'step_{last:06d}'/'pairwise.npz') as z: m = z['traj_cosine']
-        return plots.plot_cosine_heatmap(m, title=f'{runs[0].name} step {last}: trajectory cosines')
-    attempt('trajectory_cosines.png', heat)
-    attempt('learning_curves.png', lambda: plots.plot_learning_curves(_curves(runs)))
-    return made, skipped
-
-def _curves(runs:list[Path]):
-    "The runs' learning curves (`metanb.stats.learning_curves`), or a ValueError saying why there are none."
-    from metanb.stats import learning_curves
-    try: return learning_curves(runs)
-    except (OSError, KeyError, ValueError) as e: raise ValueError(f"no learning curves ({e})") from e
-
-def _overfitting_lines(runs:list[Path], out:Path) -> list[str]:
-    "The report's meta-overfitting section (written to overfitting.csv too), when the runs validated during training."
-    from metanb.stats import overfitting
-    try: ov = overfitting(_curves(runs))[1]
-    except ValueError: return []
-    write_text(out/'overfitting.csv', ov.to_csv(index=False))
-    return ['## Meta-overfitting (validation accuracy during training)', '',
-            'Per variant: the peak of each run\'s smoothed validation curve, the mean of its last validations, the drop across seeds '
-            '(t interval) and the seed-to-seed spread of the peak; `overfits` when at least 3 seeds drop by more than that spread.', '',
-            md_table(ov), '']
-
-# %% ../nbs/13_cli.ipynb #3992a850
-def check_analysis(run:Path) -> tuple['pd.DataFrame', list[str]]:
-    "A run's per-checkpoint table cross-checked against its analysis step folders and its checkpoint schedule: `(table, what is missing)`."
-    from metanb.analysis import collect
-    from metanb.runs import list_checkpoints
-    a, notes = Path(run)/'analysis', []
-    folders = sorted(int(p.parent.name[5:]) for p in a.glob('step_*/meta.json'))
-    if not folders and not (a/'summary.csv').is_file(): raise FileNotFoundError(f"{run} has nothing analysed (no {a/'summary.csv'}): run `metanb analyze {run}` first")
-    try: summ = _read_table(a/'summary.csv') if (a/'summary.csv').is_file() or not folders else None
-    except ValueError as e:
-        if not folders: raise
-        summ = None; notes.append(f"{run.name}: {e}")
-    listed = sorted(set(summ['step'])) if summ is not None else []
-    if folders and listed != folders:
-        if summ is not None: notes.append(f"{run.name}: analysis/summary.csv lists steps {listed or 'none'}, the analysed step folders are {folders}: "
-                                          f"the report uses the folders (`metanb analyze {run}` rewrites summary.csv)")
-        summ, listed = collect(run)[1], folders
-    if not listed: raise ValueError(f"{run} has nothing analysed (analysis/summary.csv is empty): run `metanb analyze {run}` first")
-    if (plan := _expected_steps(run)) is not None:
-        ckpts = set(list_checkpoints(run)); gone = [s for s in plan if s not in listed and s not in ckpts]
-        todo = [s for s in plan if s not in listed and s in ckpts]
-        if gone: notes.append(f"{run.name}: no checkpoint for step(s) {gone} of its {plan[-1]}-iteration schedule (config.json): the last step analysed is "
-                              f"{listed[-1]}; finish the training (`metanb train` with the run's options resumes it), then `metanb analyze`")
-        if todo: notes.append(f"{run.name}: checkpoint step(s) {todo} are not analysed: run `metanb analyze {run}`")
-    return summ, notes
-
-def _read_summary(run:Path): return check_analysis(run)[0]
-
-# %% ../nbs/13_cli.ipynb #26dfab67
-def write_report(runs:list, # run directories, each analysed (analysis/summary.csv)
-                 out:str|Path|None=None, # where report.md and figures/ go (default: the run, or the runs' common parent)
-                 title:str|None=None, log=None, # where to say what is missing (None: print it; False: nowhere)
-                ) -> Path:
-    "Write figures and report.md (summary and claims tables) for one or several analysed runs; returns the report's path."
-    import pandas as pd
-    from metanb.stats import claims_table, study_inputs
-    runs = [Path(r) for r in runs]
-    if not runs: raise ValueError("write_report needs at least one run directory")
-    out = Path(out) if out is not None else (runs[0] if len(runs) == 1 else Path(os.path.commonpath([r.resolve().parent for r in runs])))
-    checked = [check_analysis(r) for r in runs]
-    ckpt, missing = pd.concat([c for c, _ in checked], ignore_index=True), [m for _, ms in checked for m in ms]
-    if log is not False: [(log or _say)(f"missing: {m}") for m in missing]
-    made, skipped = _figures(ckpt, runs, out/'figures')
-    claims, summ = claims_table(ckpt, **study_inputs(runs)), summary_table(ckpt)
-    write_text(out/'claims.csv', claims.to_csv(index=False)); write_text(out/'summary.csv', summ.to_csv(index=False))
-    lines = [f"# {title or 'metanb report'}", '', f"Runs ({len(runs)}): " + ', '.join(f'`{r.name}`' for r in runs), '',
-             *(['## Missing: the analysis is incomplete', ''] + [f'- {m}' for m in missing] + [''] if missing else []),
-             '## Summary (final checkpoint; mean over seeds, 95% CI)', '', md_table(summ), '',
-             *_overfitting_lines(runs, out),
-             '## Claims of the paper', '', md_table(claims.drop(columns=['statement']).assign(claim=claims['claim'] + ': ' + claims['statement'])), '',
-             '## Figures', ''] + [f'![{p.stem}](figures/{p.name})' for p in made]
-    if skipped: lines += ['', 'Figures left out:', ''] + [f'- {s}' for s in skipped]
-    write_text(out/'report.md', '\n'.join(lines) + '\n')
-    return out/'report.md'
-
-# %% ../nbs/13_cli.ipynb #1a10d3b3
-def train_config(s:dict, variant:str, seed:int, device:str='auto'):
-    "The `metanb.train.TrainConfig` of one run of a study with settings `s` (from `resolve_settings`)."
-    from metanb.train import TrainConfig
-    alg, _, reg = variant.partition('+')
-    every = max(1, s['iters'] // (s['checkpoints'] - 1))
-    return TrainConfig(algorithm=alg, dataset=s['dataset'], data_path=str(s['data']) if s['data'] else None, n_way=s['ways'],
-                       shots=s['shots'], queries=s['queries'], meta_batch=s['meta_batch'], inner_lr=s['inner_lr'],
-                       inner_steps_train=s['train_steps'], inner_steps_test=s['test_steps'], outer_lr=s['outer_lr'],
-                       meta_iters=s['iters'], ckpt_every=every, ckpt_log=None, val_every=s.get('val_every', 0),
-                       val_tasks=s.get('val_tasks', s['tasks']), seed=seed,
-                       device=device, model_kwargs=dict(s['model_kwargs']), data_kwargs=dict(s.get('data_kwargs', {})), regularizer=reg or None,
-                       reg_strength=s['strength'] if reg else 0.0, threads=s.get('threads'),
-                       workers=s.get('workers') or 1)
-
-def analysis_config(s:dict, device:str='auto'):
-    "The `metanb.analysis.AnalysisConfig` of a study with settings `s`."
-    from metanb.analysis import AnalysisConfig
-    return AnalysisConfig(n_tasks=s['tasks'], tol=s['tol'], device=device)
-
-# %% ../nbs/13_cli.ipynb #9647f448
-def _variants(s:dict, variants:str|None, regularizer:str|None) -> list[str]:
-    "The study's variants: `--variants`, else the preset's; `--regularizer` renames (or, 'none', drops) the regularized ones."
-    vs = [parse_variant(v) for v in (variants.split(',') if variants else s['variants'])]
-    if regularizer is not None:
-        r = _norm_reg(regularizer); names = _regularizer_names()
-        _need(r in names, '--regularizer', f"unknown regularizer {regularizer!r}: use one of {', '.join(names)}")
-        vs = [v for v in vs if '+' not in v] if r == 'none' else list(dict.fromkeys(v.split('+')[0] + f'+{r}' if '+' in v else v for v in vs))
-        if r != 'none' and not any('+' in v for v in vs): vs.append(f'maml+{r}')
-    _need(len(set(vs)) == len(vs), '--variants', f"variants repeat: {vs}")
-    _need('strength' not in s.get('given', ()) or any('+' in v for v in vs), '--strength',
-          f"no variant is regularized ({', '.join(vs)}): --strength needs one (e.g. --variants maml+coherence_step), or drop --strength")
-    return vs
-
-def check_name(name:str|None, option:str='--name') -> str|None:
-    "A run name: one folder under --out (no path separator, not '.' or '..')."
-    if name is None: return None
-    _need(name.strip() not in ('', '.', '..') and '/' not in name and os.sep not in name and '\\' not in name, option,
-          f"must be a folder name under --out, without '/' or '..', got {name!r}")
-    return name
-
+# %% ../nbs/13_cli.ipynb #9a97b9cd
 def _study_dir(out:Path, s:dict) -> Path: return out/s['preset']
 def _run_dir(study:Path, variant:str, seed:int) -> Path: return study/f'{variant}-s{seed}'
 
-# %% ../nbs/13_cli.ipynb #9a97b9cd
 def _ranks() -> int: return int(os.environ.get('WORLD_SIZE', 1))
 def _main_rank() -> bool: return int(os.environ.get('RANK', 0)) == 0
 
@@ -365,7 +51,7 @@ def _train_one(s:dict, variant:str, seed:int, device:str, run_dir:Path, progress
     "Train (or resume, or find finished) one run of a study."
     train = _trainer()
     t0 = time.perf_counter()
-    _say(f"training {run_dir.name}: {variant}, seed {seed}, {s['iters']} iterations -> {run_dir}")
+    _say(f"training {run_dir.name}: {variant}, seed {seed}, {s['meta_iters']} iterations -> {run_dir}")
     if (run_dir/'config.json').is_file(): _config_ok(run_dir/'config.json', '--out')  # a run to resume: its config must be readable
     cfg = train_config(s, variant, seed, device)
     r = train(cfg, run_dir, resume=True, progress=progress, data=_load_data(cfg, progress))
@@ -375,13 +61,13 @@ def _train_one(s:dict, variant:str, seed:int, device:str, run_dir:Path, progress
 def _check_workers(s:dict, device:str):
     "Task threads serve `meta_grad`'s per-task loop (its choice on a CPU); on CUDA it batches tasks with vmap instead."
     from metanb.maml import resolve_batching
-    _need((s.get('workers') or 1) == 1 or resolve_batching('auto', get_device(device)) == 'loop', '--workers',
+    require((s.get('workers') or 1) == 1 or resolve_batching('auto', get_device(device)) == 'loop', '--workers',
           f"task threads are for CPU training (loop batching); on {device} tasks are batched with vmap: drop --workers")
 
 def _fresh(dirs:list[Path], option:str='--no_resume'):
     "With --no_resume, refuse to touch existing runs (nothing is deleted)."
     taken = [d for d in dirs if d.exists() and any(d.iterdir())]
-    _need(not taken, option, f"{taken[0]} already exists: remove it, or choose another --out (nothing is deleted)")
+    require(not taken, option, f"{taken[0]} already exists: remove it, or choose another --out (nothing is deleted)")
 
 # %% ../nbs/13_cli.ipynb #4bae0c75
 def _check_executor(executor:str='local', # local (worker processes, one run each), slurm (a submitit job array) or inline (this process, one run after another)
@@ -397,7 +83,7 @@ def _check_executor(executor:str='local', # local (worker processes, one run eac
     "The executor's name and its `SlurmOptions`, every option checked (`OptionError`); under torchrun, inline (every rank runs each job)."
     from metanb.executor import EXECUTORS, SlurmOptions
     ex = str(executor).strip().lower()
-    _need(ex in EXECUTORS, '--executor', f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    require(ex in EXECUTORS, '--executor', f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     check_number(parallel, '--parallel', 1, integer=True); check_number(time_min, '--time_min', 3, integer=True)
     check_number(cpus, '--cpus', 1, integer=True); check_number(gpus, '--gpus', 0, integer=True)
     check_number(mem_gb, '--mem_gb', 0, open_lo=True); check_number(max_parallel, '--max_parallel', 1, integer=True)
@@ -405,7 +91,7 @@ def _check_executor(executor:str='local', # local (worker processes, one run eac
         import shutil
         try: import submitit  # noqa: F401
         except ImportError: raise OptionError('--executor', "slurm needs submitit: pip install submitit") from None
-        _need(shutil.which('sbatch') is not None, '--executor', "slurm: no sbatch on PATH (run on a SLURM login node, or use --executor local)")
+        require(shutil.which('sbatch') is not None, '--executor', "slurm: no sbatch on PATH (run on a SLURM login node, or use --executor local)")
     if _ranks() > 1: ex = 'inline'
     return ex, SlurmOptions(partition, time_min, cpus, gpus, mem_gb, max_parallel, sbatch)
 
@@ -429,93 +115,102 @@ def _incomplete(missing:list[str], n:int):
     raise StudyIncomplete(f"{len(missing)} of {n} runs did not finish ({', '.join(missing)}; each failure is above with its log): "
                           "run the same command again to finish them (finished runs are kept)")
 
-def _mark_missing(rep:Path, missing:list[str]):
-    "Add the runs that did not finish to the report."
-    write_text(rep, rep.read_text() + '\n## Missing runs\n\nThese runs did not finish and are not in the tables: ' +
-               ', '.join(f'`{m}`' for m in missing) + '. Run the same `metanb study` again to finish them.\n')
+# %% ../nbs/13_cli.ipynb #c1a5e004
+class RunOptions(NamedTuple):
+    "The checked options `study` and `train` share."
+    settings:dict; device:str; out:Path; regularizer:str|None; no_resume:bool; quiet:bool
+
+def run_options(preset:str='quick', # quick (default: ~4 min a seed), glyphs-overfit (the paper's regime: MAML meta-overfits; 5 variants, ~17 min a seed), omniglot-5w1s, omniglot-20w1s, miniimagenet-5w1s (need --data), tiny (tests)
+                data:str=None, # the dataset folder (omniglot, miniimagenet); for glyphs an optional cache folder
+                out:str='runs', # output folder: study's runs go to OUT/PRESET/VARIANT-sSEED and its report to OUT/PRESET; train's run to OUT/NAME
+                regularizer:str=None, # coherence_step, traj_coherence, grad_coherence, grad_norm (train: default none; study: of the regularized variants, none drops them)
+                strength:float=None, # regularizer strength (gamma or lambda)
+                device:str='auto', # auto, cpu, cuda or cuda:N
+                iters:int=None, # meta-training iterations (override the preset)
+                meta_batch:int=None, # tasks per meta-iteration
+                ways:int=None, # classes per task (N)
+                shots:int=None, # support examples per class (K)
+                queries:int=None, # query examples per class
+                checkpoints:int=None, # evenly spaced checkpoints, step 0 and the last included
+                threads:int=None, # torch threads per process (default: the preset's; quick: 1)
+                workers:int=None, # task threads in meta-training on a CPU, one torch thread each (default 1; pays off with several inner steps)
+                no_resume:store_true=False, # refuse to continue existing runs (default: resume them; finished work is never redone)
+                quiet:store_true=False, # no progress bars
+                **overrides, # more settings by option name (`study --tasks`)
+               ) -> RunOptions:
+    "The options `study` and `train` share, declared once (their comments are both commands' `--help`), checked and resolved."
+    s = resolve_settings(preset, data, iters=iters, meta_batch=meta_batch, ways=ways, shots=shots, queries=queries,
+                         checkpoints=checkpoints, strength=strength, threads=threads, workers=workers, **overrides)
+    dev = check_device(device)
+    _check_workers(s, dev)
+    return RunOptions(s, dev, check_out(out), regularizer, no_resume, quiet)
+
+def _options(*fs):
+    "Decorator, fastcore's `delegates` for several functions: `**kwargs` becomes the options of `fs`, whose comments `--help` shows."
+    def deco(g):
+        for f in fs: delegates(f, keep=True)(g)
+        sig = inspect.signature(g)
+        g.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD])
+        link = g
+        for f in fs:  # docments (behind anno_parser) reads the comments along `__delwrap__`: a chain of copies of `fs`
+            link.__delwrap__ = types.FunctionType(f.__code__, f.__globals__, f.__name__); link = link.__delwrap__
+        return g
+    return deco
+
+def _split(kwargs:dict, f) -> dict:
+    "The items of `kwargs` that are `f`'s options."
+    return {k: v for k, v in kwargs.items() if k in inspect.signature(f).parameters}
 
 # %% ../nbs/13_cli.ipynb #390bdc96
-@delegates(_check_executor)  # the executor's options are declared once, with their help, on `_check_executor`
-def study(preset:str='quick', # quick (default: ~4 min a seed), glyphs-overfit (the paper's regime: MAML meta-overfits; 5 variants, ~17 min a seed), omniglot-5w1s, omniglot-20w1s, miniimagenet-5w1s (need --data), tiny (tests)
-          data:str=None, # the dataset folder (omniglot, miniimagenet); for glyphs an optional cache folder
-          out:str='runs', # output folder: runs go to OUT/PRESET/VARIANT-sSEED, the report to OUT/PRESET
-          seeds:str='0', # seeds, e.g. '0,1,2' or '0-4': one run per seed and variant
+@_options(run_options, _check_executor)  # the shared options, and the executor's
+def study(seeds:str='0', # seeds, e.g. '0,1,2' or '0-4': one run per seed and variant
           variants:str=None, # comma-separated maml, fomaml, finetune, ALGORITHM+REGULARIZER (default: the preset's)
-          regularizer:str=None, # regularizer of the regularized variants (coherence_step, traj_coherence, grad_coherence, grad_norm; none drops them)
-          strength:float=None, # regularizer strength (gamma or lambda)
-          device:str='auto', # auto, cpu, cuda or cuda:N
-          iters:int=None, # meta-training iterations (override the preset)
-          meta_batch:int=None, # tasks per meta-iteration
-          ways:int=None, # classes per task (N)
-          shots:int=None, # support examples per class (K)
-          queries:int=None, # query examples per class
           tasks:int=None, # meta-test tasks analysed per checkpoint
-          checkpoints:int=None, # evenly spaced checkpoints, step 0 and the last included
-          threads:int=None, # torch threads per process (default: the preset's; quick: 1)
-          workers:int=None, # task threads in meta-training on a CPU, one torch thread each (default 1; pays off with several inner steps)
-          no_resume:store_true=False, # refuse to continue existing runs (default: resume them; finished work is never redone)
-          quiet:store_true=False, # no progress bars
-          **kwargs, # the executor's options (declared once, with their help, on `_check_executor`)
+          **kwargs, # `run_options`' options and the executor's (`_check_executor`)
          ):
     "Train every variant and seed, analyse every checkpoint, and write the report: the one-command study."
-    s = resolve_settings(preset, data, iters=iters, meta_batch=meta_batch, ways=ways, shots=shots, queries=queries, tasks=tasks,
-                         checkpoints=checkpoints, strength=strength, threads=threads, workers=workers)
-    vs, sd, dev = _variants(s, variants, regularizer), parse_seeds(seeds), check_device(device)
-    _check_workers(s, dev)
-    root = _study_dir(check_out(out), s)
-    runs = [(v, seed, _run_dir(root, v, seed)) for v in vs for seed in sd]
-    dirs = [d for *_, d in runs]
-    ex, sl = _check_executor(**kwargs)
-    if no_resume: _fresh(dirs)
-    t0 = time.perf_counter()
-    _say(f"metanb study: preset {preset}, variants {', '.join(vs)}, seeds {sd} -> {root} ({ex} executor)")
     from metanb.executor import Job
-    jobs = [Job(str(d), analysis_config(s, dev), s, v, seed, dev, s.get('threads'), fresh=s.get('fresh', FRESH_TASKS)) for v, seed, d in runs]
-    dirs, missing = _run_study_jobs(jobs, ex, kwargs.get('parallel'), sl, quiet)
+    from metanb.report import write_report
+    o, executor = run_options(**_split(kwargs, run_options), tasks=tasks), _split(kwargs, _check_executor)
+    s, vs, sd = o.settings, study_variants(o.settings, variants, o.regularizer), parse_seeds(seeds)
+    root = _study_dir(o.out, s)
+    runs = [(v, seed, _run_dir(root, v, seed)) for v in vs for seed in sd]
+    ex, sl = _check_executor(**executor)
+    if o.no_resume: _fresh([d for *_, d in runs])
+    t0 = time.perf_counter()
+    _say(f"metanb study: preset {s['preset']}, variants {', '.join(vs)}, seeds {sd} -> {root} ({ex} executor)")
+    jobs = [Job(str(d), analysis_config(s, o.device), s, v, seed, o.device, s.get('threads'), fresh=s.get('fresh', FRESH_TASKS)) for v, seed, d in runs]
+    dirs, missing = _run_study_jobs(jobs, ex, executor.get('parallel'), sl, o.quiet)
     if not _main_rank(): return None
-    rep = write_report(dirs, root, title=f'metanb study: {preset}')
-    if missing: _mark_missing(rep, missing)
-    import pandas as pd
-    _say('\n' + summary_table(pd.concat([_read_summary(d) for d in dirs])).to_string(index=False, float_format=lambda x: f'{x:.3g}'))
-    c = pd.read_csv(root/'claims.csv').query("role == 'claim'")[['row', 'estimate', 'ci_low', 'ci_high', 'p_holm', 'verdict', 'to_decide']]
-    _say('\n' + c.to_string(index=False, float_format=lambda x: f'{x:.3g}'))
+    rep = write_report(dirs, root, title=f"metanb study: {s['preset']}", log=_say, unfinished=missing)
+    _print_results(dirs, root)
     _say(f"\nclaims: {root/'claims.csv'}\nreport: {rep}\n(done in {time.perf_counter() - t0:.0f}s)")
     if missing: _incomplete(missing, len(jobs))
     return rep
 
+def _print_results(dirs:list[Path], root:Path):
+    "Print the study's summary table and its claims."
+    import pandas as pd
+    from metanb.report import summary_table, check_analysis
+    _say('\n' + summary_table(pd.concat([check_analysis(d)[0] for d in dirs])).to_string(index=False, float_format=lambda x: f'{x:.3g}'))
+    c = pd.read_csv(root/'claims.csv').query("role == 'claim'")[['row', 'estimate', 'ci_low', 'ci_high', 'p_holm', 'verdict', 'to_decide']]
+    _say('\n' + c.to_string(index=False, float_format=lambda x: f'{x:.3g}'))
+
 # %% ../nbs/13_cli.ipynb #2ed78676
-def train_run(preset:str='quick', # the settings (see `metanb study --help`)
-              data:str=None, # the dataset folder (omniglot, miniimagenet); for glyphs an optional cache folder
-              out:str='runs', # output folder
-              name:str=None, # run directory name under OUT (default VARIANT-sSEED)
+@_options(run_options)
+def train_run(name:str=None, # run directory name under OUT (default VARIANT-sSEED)
               seed:int=0, # the run's seed
               algorithm:str='maml', # maml, fomaml or finetune
-              regularizer:str=None, # coherence_step, traj_coherence, grad_coherence, grad_norm (default: none)
-              strength:float=None, # regularizer strength (gamma or lambda)
-              device:str='auto', # auto, cpu, cuda or cuda:N
-              iters:int=None, # meta-training iterations
-              meta_batch:int=None, # tasks per meta-iteration
-              ways:int=None, # classes per task
-              shots:int=None, # support examples per class
-              queries:int=None, # query examples per class
-              checkpoints:int=None, # evenly spaced checkpoints
-              threads:int=None, # torch threads (default: the preset's; quick: 1)
-              workers:int=None, # task threads on a CPU, one torch thread each (default 1; pays off with several inner steps)
-              no_resume:store_true=False, # refuse to continue an existing run
-              quiet:store_true=False, # no progress bar
+              **kwargs, # `run_options`' options
              ):
     "Meta-train one run into OUT/NAME (resumes an interrupted run)."
-    s = resolve_settings(preset, data, iters=iters, meta_batch=meta_batch, ways=ways, shots=shots, queries=queries,
-                         checkpoints=checkpoints, strength=strength, threads=threads, workers=workers)
-    v = algorithm.strip().lower()
-    _need(v in ALGORITHMS, '--algorithm', f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
-    if regularizer is not None and _norm_reg(regularizer) != 'none': v = parse_variant(f'{v}+{regularizer}', '--regularizer')
-    _need(strength is None or '+' in v, '--strength', "sets the strength of a regularizer: pass --regularizer NAME too, or drop --strength")
-    _need(int(seed) >= 0, '--seed', f"must be >= 0, got {seed}")
-    dev, d = check_device(device), check_out(out)/(check_name(name) or f'{v}-s{seed}')
-    _check_workers(s, dev)
-    if no_resume: _fresh([d])
-    _train_one(s, v, seed, dev, d, not quiet)
+    o = run_options(**kwargs)
+    v = train_variant(algorithm, o.regularizer)
+    require('strength' not in o.settings['given'] or regularized(v), '--strength', "sets the strength of a regularizer: pass --regularizer NAME too, or drop --strength")
+    seed = check_option('seed', seed)
+    d = o.out/check_name(name) if name is not None else _run_dir(o.out, v, seed)
+    if o.no_resume: _fresh([d])
+    _train_one(o.settings, v, seed, o.device, d, not o.quiet)
     _say(f"run: {d}")
     return d
 
@@ -525,8 +220,8 @@ def _check_runs(runs:list, need:str, option:str='RUN') -> list[Path]:
     out = []
     for r in runs:
         p = Path(r).expanduser()
-        _need(p.is_dir(), option, f"{p} is not a folder")
-        _need((p/need).exists(), option, f"{p} has no {need}" + (': analyse it first (metanb analyze)' if 'analysis' in need else ': is it a run directory?'))
+        require(p.is_dir(), option, f"{p} is not a folder")
+        require((p/need).exists(), option, f"{p} has no {need}" + (': analyse it first (metanb analyze)' if 'analysis' in need else ': is it a run directory?'))
         if need == 'config.json': _config_ok(p/need, option)
         out.append(p)
     return out
@@ -535,17 +230,27 @@ def _config_ok(f:Path, option:str):
     "A run's config.json must be a JSON object (an edited or truncated one fails here, naming the file)."
     try: c = json.loads(f.read_text())
     except (ValueError, UnicodeDecodeError) as e: raise OptionError(option, f"{f} is not valid JSON ({e}): restore it, or train the run again") from None
-    _need(isinstance(c, dict), option, f"{f} must hold a JSON object (the run's settings), got {type(c).__name__}")
+    require(isinstance(c, dict), option, f"{f} must hold a JSON object (the run's settings), got {type(c).__name__}")
+
+ANALYZE_OPTIONS = ('tasks', 'seed', 'steps', 'tol', 'bn_mode')  # set AnalysisConfig's fields (`OPTION_FIELDS`; bn_mode its own), with its defaults
+
+def _analysis_defaults(f):
+    "`f` (analyze) with AnalysisConfig's defaults on its `ANALYZE_OPTIONS` (imported when the parser is built: `metanb --help` stays quick)."
+    from metanb.analysis import AnalysisConfig
+    d = {o: getattr(AnalysisConfig, option_field(o)) for o in ANALYZE_OPTIONS}
+    sig = inspect.signature(f)
+    f.__signature__ = sig.replace(parameters=[p.replace(default=d.get(k, p.default)) for k, p in sig.parameters.items()])
+    return f
 
 @delegates(_check_executor)
 def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
-            tasks:int=20, # meta-test tasks per checkpoint
-            seed:int=1234, # seed of the meta-test task family (the same tasks at every checkpoint)
+            tasks:int=None, # meta-test tasks per checkpoint
+            seed:int=None, # seed of the meta-test task family (the same tasks at every checkpoint)
             steps:int=None, # inner steps at meta-test (default: the run's)
-            tol:float=1e-3, # relative error bound of the top Hessian eigenvalue
+            tol:float=None, # relative error bound of the top Hessian eigenvalue
             no_hessian:store_true=False, # skip the Hessian (flatness)
             trace:store_true=False, # also estimate the Hessian trace
-            bn_mode:str='batch', # batchnorm during measurements: batch or running
+            bn_mode:str=None, # batchnorm during measurements: batch or running
             device:str='auto', # auto, cpu, cuda or cuda:N
             threads:int=None, # torch threads (default: torch's)
             force:store_true=False, # recompute cached checkpoints
@@ -553,15 +258,18 @@ def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
               **kwargs, # the executor's options (declared once, with their help, on `_check_executor`)
            ):
     "Analyse every checkpoint of each run (cached: a re-run computes only what changed)."
+    opts = dict(locals())  # the options as given
     from metanb.analysis import AnalysisConfig
-    dirs = _check_runs(runs or [], 'config.json')
-    _need(bool(dirs), 'RUN', 'give at least one run directory')
-    check_number(tasks, '--tasks', 2, integer=True); check_number(seed, '--seed', 0, integer=True); check_number(steps, '--steps', 1, integer=True)
-    check_number(tol, '--tol', 0, 1, open_lo=True); check_number(threads, '--threads', 1, integer=True)
-    _need(bn_mode in ('batch', 'running'), '--bn_mode', f"must be 'batch' or 'running', got {bn_mode!r}")
-    cfg = AnalysisConfig(n_tasks=tasks, seed=seed, steps=steps, tol=tol, hessian=not no_hessian, trace=trace, bn_mode=bn_mode, device=check_device(device))
-    ex, sl = _check_executor(**kwargs)
+    from metanb.hessian import BN_MODES
     from metanb.executor import Job
+    dirs = _check_runs(runs or [], 'config.json')
+    require(bool(dirs), 'RUN', 'give at least one run directory')
+    given = {o: check_option(o, v) if o in OPTION_FIELDS else v for o in ANALYZE_OPTIONS if (v := opts[o]) is not None}
+    require(bn_mode is None or bn_mode in BN_MODES, '--bn_mode', f"must be {' or '.join(map(repr, BN_MODES))}, got {bn_mode!r}")
+    check_option('threads', threads)
+    cfg = AnalysisConfig(**{option_field(o): v for o, v in given.items()},
+                         hessian=not no_hessian, trace=trace, device=check_device(device))
+    ex, sl = _check_executor(**kwargs)
     jobs = [Job(str(d), cfg, threads=threads, force=force) for d in dirs]
     ok, missing = _run_study_jobs(jobs, ex, kwargs.get('parallel'), sl, quiet)
     for d in ok: _say(f"analysis: {d/'analysis'/'summary.csv'}")
@@ -572,10 +280,11 @@ def report(runs:Param('run directories (analysed)', str, nargs='+', opt=False)=N
            title:str=None, # the report's title
           ):
     "Write figures and report.md (summary and claims tables) for analysed runs, and print where it is."
+    from metanb.report import write_report
     dirs = _check_runs(runs or [], 'analysis')
-    _need(bool(dirs), 'RUN', 'give at least one analysed run directory')
+    require(bool(dirs), 'RUN', 'give at least one analysed run directory')
     if out is not None: check_out(out)
-    rep = write_report(dirs, out, title)
+    rep = write_report(dirs, out, title, log=_say)
     _say(f"report: {rep}")
     return rep
 
@@ -587,7 +296,7 @@ class _UsageError(Exception): pass
 
 def _parser(cmd:str) -> argparse.ArgumentParser:
     "The argparse parser of a subcommand, whose errors raise instead of exiting."
-    p = anno_parser(COMMANDS[cmd], prog=f'metanb {cmd}')
+    p = anno_parser(_analysis_defaults(analyze) if cmd == 'analyze' else COMMANDS[cmd], prog=f'metanb {cmd}')
     def error(msg): raise _UsageError(msg)
     p.error = error
     return p
@@ -699,15 +408,15 @@ def _split_nproc(argv:list[str]) -> tuple[int, list[str]]:
 
 def _relaunch(nproc:int, cmd:str, argv:list[str], args:dict) -> int:
     "Run the command in `nproc` processes under torchrun (options are checked here first, once)."
-    _need(cmd in ('study', 'train', 'analyze'), '--nproc', f"metanb {cmd} runs in one process")
-    _need(_ranks() == 1, '--nproc', "already running under torchrun: drop --nproc")
+    require(cmd in ('study', 'train', 'analyze'), '--nproc', f"metanb {cmd} runs in one process")
+    require(_ranks() == 1, '--nproc', "already running under torchrun: drop --nproc")
     if 'device' in args: check_device(args['device'])
     if cmd == 'analyze': _check_runs(args['runs'] or [], 'config.json')
     else:
         s = resolve_settings(args['preset'], args['data'])
-        regs = [v for v in _variants(s, args['variants'], args['regularizer']) if '+' in v] if cmd == 'study' else \
-               ([args['regularizer']] if args['regularizer'] not in (None, 'none') else [])
-        _need(not regs, '--nproc', f"{regs[0]} couples the tasks of a whole meta-batch, which the ranks would split: "
+        vs = study_variants(s, args['variants'], args['regularizer']) if cmd == 'study' else [train_variant(args['algorithm'], args['regularizer'])]
+        regs = [v for v in vs if regularized(v)]
+        require(not regs, '--nproc', f"{regs[0]} couples the tasks of a whole meta-batch, which the ranks would split: "
               "train regularized variants in one process (or pass --regularizer none)" if regs else '')
     return _torchrun_one_line(nproc, argv)
 

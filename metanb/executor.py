@@ -18,7 +18,7 @@ class Job:
     "One run of a study: train it (resumable), then analyse its checkpoints (cached); picklable."
     run_dir:str # the run directory (the single source of truth)
     analysis:object # a `metanb.analysis.AnalysisConfig`
-    settings:dict|None=None # the study's settings (`metanb.cli.resolve_settings`); None: analyse only
+    settings:dict|None=None # the study's settings (`metanb.presets.resolve_settings`); None: analyse only
     variant:str|None=None # 'ALGORITHM' or 'ALGORITHM+REGULARIZER'
     seed:int=0 # the run's seed
     device:str='cpu' # where it runs

@@ -433,12 +433,3 @@ def peak_start(val:pd.DataFrame, # validation curves: run, step, val_acc (`metan
         if not len(v): raise ValueError(f"the validation curves have no val_acc of run {run!r} up to step {int(steps[-1])}: pass the runs' train_log.csv (metanb.claims.study_inputs)")
         out.append(int(np.searchsorted(steps, v.loc[v['val_acc'].idxmax(), 'step'])))
     return np.asarray(out)
-
-# %% ../nbs/10_stats.ipynb #fb7ec252
-_MOVED = ('claims_table', 'study_inputs', 'learning_curves', 'overfitting')   # temporary: until every importer takes them from metanb.claims
-
-def __getattr__(name:str):
-    "Names that moved to `metanb.claims`, forwarded (imported on first use: `metanb.claims` imports this module)."
-    if name not in _MOVED: raise AttributeError(f"module 'metanb.stats' has no attribute {name!r}")
-    from metanb import claims
-    return getattr(claims, name)

@@ -22,7 +22,7 @@ def test_there_are_notebooks():
 
 @pytest.mark.parametrize('nb', notebooks(), ids=lambda p: str(p.relative_to(NBS)))
 def test_notebook(nb, request):
-    flags = set(get_config().tst_flags.split('|')) - {''}
+    flags = set(get_config().tst_flags.replace('|', ' ').split()) - {''}
     force = set(request.config.getoption('nb_flags') or [])
     ok, secs = run_notebook(nb, skip_flags=sorted(flags - force), force_flags=sorted(force), showerr=True)
     assert ok, f'{nb.name} failed (the traceback is in the captured stderr above)'
