@@ -218,31 +218,29 @@ def analyse_run(run_dir:str|Path, # a run directory: config.json + checkpoints/s
                ) -> tuple[pd.DataFrame, pd.DataFrame]|None:
     "Analyse every checkpoint of a run (cached on disk) and write analysis/tasks.csv and analysis/summary.csv."
     cfg, run_dir = cfg or AnalysisConfig(), Path(run_dir)
-    with _run_lock(run_dir, steps_only): return _analyse_run(run_dir, cfg, model, family, steps_only, force, progress, log, merge)
-
-def _analyse_run(run_dir, cfg, model, family, steps_only, force, progress, log, merge):
     tune_malloc()
-    config, ckpts = read_config(run_dir), {s: ckpt_path(run_dir, s) for s in list_checkpoints(run_dir)}
-    if not ckpts: raise FileNotFoundError(f"{run_dir/'checkpoints'} holds no step_NNNNNN.pt checkpoints: is {run_dir} a run directory?")
-    if steps_only is not None:
-        missing = sorted(set(steps_only) - set(ckpts))
-        if missing: raise ValueError(f"no checkpoint for step(s) {missing} in {run_dir} (it has {list(ckpts)})")
-        ckpts = {s: p for s, p in ckpts.items() if s in set(steps_only)}
-    ident, inner, dev = run_identity(run_dir, config), meta_test_settings(config, cfg.steps, cfg.lr), get_device(cfg.device)
-    steps, lr = inner['steps'], inner['lr']
-    key, ready = cfg.key(steps, lr), None
-    for step in (progress_bar(list(ckpts)) if progress else list(ckpts)):
-        sha = file_sha256(ckpts[step])
-        if not force and cached_step(run_dir, step, sha, key):
-            if log: log(f"{ident['run']} step {step}: cached")
-            continue
-        if ready is None:
-            model = (model if model is not None else model_from_config(config)).to(dev)   # tasks 0..n_tasks-1, seeded as the analysis
-            ready = (family if family is not None else meta_test_family(config, cfg.seed)).batch(range(cfg.n_tasks)).to(dev)
-        t0 = time.perf_counter()
-        analyse_checkpoint(run_dir, step, cfg, model=model, tasks=ready, ident=ident, steps=steps, lr=lr, sha=sha, device=dev)
-        if log: log(f"{ident['run']} step {step}: analysed in {time.perf_counter() - t0:.1f}s")
-    return collect(run_dir, list(ckpts), write=True) if merge else None
+    with _run_lock(run_dir, steps_only):
+        config, ckpts = read_config(run_dir), {s: ckpt_path(run_dir, s) for s in list_checkpoints(run_dir)}
+        if not ckpts: raise FileNotFoundError(f"{run_dir/'checkpoints'} holds no step_NNNNNN.pt checkpoints: is {run_dir} a run directory?")
+        if steps_only is not None:
+            missing = sorted(set(steps_only) - set(ckpts))
+            if missing: raise ValueError(f"no checkpoint for step(s) {missing} in {run_dir} (it has {list(ckpts)})")
+            ckpts = {s: p for s, p in ckpts.items() if s in set(steps_only)}
+        ident, inner, dev = run_identity(run_dir, config), meta_test_settings(config, cfg.steps, cfg.lr), get_device(cfg.device)
+        steps, lr = inner['steps'], inner['lr']
+        key, ready = cfg.key(steps, lr), None
+        for step in (progress_bar(list(ckpts)) if progress else list(ckpts)):
+            sha = file_sha256(ckpts[step])
+            if not force and cached_step(run_dir, step, sha, key):
+                if log: log(f"{ident['run']} step {step}: cached")
+                continue
+            if ready is None:
+                model = (model if model is not None else model_from_config(config)).to(dev)   # tasks 0..n_tasks-1, seeded as the analysis
+                ready = (family if family is not None else meta_test_family(config, cfg.seed)).batch(range(cfg.n_tasks)).to(dev)
+            t0 = time.perf_counter()
+            analyse_checkpoint(run_dir, step, cfg, model=model, tasks=ready, ident=ident, steps=steps, lr=lr, sha=sha, device=dev)
+            if log: log(f"{ident['run']} step {step}: analysed in {time.perf_counter() - t0:.1f}s")
+        return collect(run_dir, list(ckpts), write=True) if merge else None
 
 # %% ../nbs/09_analysis.ipynb #5d1ca802
 def collect(run_dir:str|Path, steps=None, write:bool=False) -> tuple[pd.DataFrame, pd.DataFrame]:
