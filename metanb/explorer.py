@@ -47,7 +47,7 @@ class Explorer:
         tasks = tuple(r.task_ids[:2] if tasks is None else tasks)
         r._check_slice_args(step, tasks, kind if kind != 'tasks' or len(tasks) == 2 else '1d', loss)
         self._build(step, tasks, kind, loss); self._wire()
-        self._quiet = False; self.refresh()
+        self.refresh()
 
     def _ipython_display_(self): display(self.widget)
     def __repr__(self): return f"Explorer({self.results!r}, step={self.step}, tasks={self.tasks}, kind={self.kind!r}, loss={self.loss!r})"
