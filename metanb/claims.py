@@ -255,8 +255,6 @@ def premise_row(fresh:pd.DataFrame, fresh_peak:pd.DataFrame, base:str, conf:floa
     return _measured('2 premise', inf, -1, _spread(inf), bounds=None,
                      effect=f'query_acc on {n} fresh tasks: final checkpoint - the one at the validation peak (paired by seed and task; premise: < 0)')
 
-def _coherence_reg(variant:str) -> bool: "Whether a variant's regularizer is about coherence (claim 6); others are controls."; return 'coherence' in (parse_variant(variant)[1] or '')
-
 def claim6_rows(ckpt:pd.DataFrame, fresh:pd.DataFrame|None, pairs, conf:float=0.95, seed:int=0) -> list[dict]:
     "Claim 6: each regularized variant minus its plain variant, paired by seed and task on fresh meta-test tasks."
     rows, have = [], set(ckpt['variant']) if 'variant' in ckpt else set()
@@ -267,7 +265,7 @@ def claim6_rows(ckpt:pd.DataFrame, fresh:pd.DataFrame|None, pairs, conf:float=0.
         E, n = paired_effect(fresh, r, p, seed=seed)
         if n < MIN_FRESH_TASKS: rows.append(_blank('6', f"needs >= {MIN_FRESH_TASKS} fresh tasks every seed shares (has {n})", eff)); continue
         inf = seed_inference(E, 1, conf, seed=seed); row = _measured('6', inf, 1, _spread(inf), eff, bounds=None)
-        if not _coherence_reg(r): row.update(role='context', effect=eff + ' (control: a penalty that is not coherence)')
+        if 'coherence' not in (parse_variant(r)[1] or ''): row.update(role='context', effect=eff + ' (control: a penalty that is not coherence)')
         rows.append(row)
     if not any(parse_variant(r)[1] == 'grad_norm' for r, _ in pairs):
         rows.append(_blank('6', "needs a 'maml+grad_norm' variant (the control: a penalty that is not coherence)", 'final query_acc: maml+grad_norm - maml (control)'))
