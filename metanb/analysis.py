@@ -165,13 +165,6 @@ def cached_step(run_dir:str|Path, step:int, sha:str, key:str) -> bool:
 def _write_csv(df:pd.DataFrame, path:Path):
     with atomic_write(path, 'w') as f: df.to_csv(f, index=False)
 
-def _write_step(run_dir:Path, step:int, tasks:pd.DataFrame, summ:pd.DataFrame, res:dict, task_ids, meta:dict):
-    "Write a checkpoint's files (`metanb.runs.STEP_FILES`), `meta.json` last."
-    d = step_dir(run_dir, step)
-    _write_csv(tasks, d/'tasks.csv'); _write_csv(summ, d/'summary.csv')
-    write_pairwise(run_dir, step, task_ids, **res['pairwise'])
-    write_json(d/'meta.json', meta)
-
 # %% ../nbs/09_analysis.ipynb #99f45829
 def analyse_checkpoint(run_dir:str|Path, step:int, cfg:AnalysisConfig, *, model, tasks:TaskBatch, ident:dict,
                        steps:int, lr:float, sha:str|None=None, device=None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -188,7 +181,10 @@ def analyse_checkpoint(run_dir:str|Path, step:int, cfg:AnalysisConfig, *, model,
     meta = dict(step=int(step), checkpoint=path.name, checkpoint_sha256=sha, settings_key=cfg.key(steps, lr),
                 settings={**cfg.settings(), 'steps': steps, 'lr': lr}, info=res['info'], **ident,
                 device=str(device), seconds=round(time.perf_counter() - t0, 3))
-    _write_step(run_dir, step, tt, ct, res, ids, meta)
+    d = step_dir(run_dir, step)   # the checkpoint's files (metanb.runs.STEP_FILES), meta.json last
+    _write_csv(tt, d/'tasks.csv'); _write_csv(ct, d/'summary.csv')
+    write_pairwise(run_dir, step, ids, **res['pairwise'])
+    write_json(d/'meta.json', meta)
     return tt, ct
 
 # %% ../nbs/09_analysis.ipynb #fa39bd54
