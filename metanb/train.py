@@ -274,8 +274,7 @@ class Trainer(_TrainerState):
         if c.algorithm == 'finetune' and not self.ft_cls:  # regression: joint training without adaptation
             return meta_grad(self.model, self.params, tasks, steps=0, lr=0., batching=c.batching, group_size=c.group_size)
         if c.algorithm == 'finetune':
-            x, y = finetune_images(self.data, step, self.ft_batch, c.seed)
-            x, y = x.to(self.device), y.to(self.device)
+            x, y = (t.to(self.device) for t in finetune_images(self.data, step, self.ft_batch, c.seed))
             with fused_batchnorm(c.fused_bn):
                 out = forward(self.model, self.params, x)
                 loss = F.cross_entropy(out, y)
