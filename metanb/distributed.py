@@ -91,8 +91,7 @@ def shard_range(n:int, # number of items to share
 def shard_indices(indices:Iterable, rank:int, world:int) -> list:
     "Rank `rank`'s contiguous share of `indices` (the shares of all ranks concatenate to `indices`)."
     idx = list(indices)
-    r = shard_range(len(idx), rank, world)
-    return idx[r.start:r.stop]
+    return [idx[i] for i in shard_range(len(idx), rank, world)]
 
 def shard_checkpoints(steps:Iterable[int], rank:int, world:int) -> list[int]:
     "Rank `rank`'s checkpoints: every `world`-th of the sorted steps (cost per checkpoint varies little, so striding balances)."
