@@ -154,13 +154,6 @@ def file_sha256(path:str|Path) -> str:
         for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
     return h.hexdigest()
 
-# %% ../nbs/09_analysis.ipynb #675273e7
-def _setup(config:dict, cfg:AnalysisConfig, model, family):
-    "Model and the fixed meta-test `TaskBatch` of a run: tasks `0..n_tasks-1` of its test family, seeded with the analysis seed."
-    model = model if model is not None else model_from_config(config)
-    family = family if family is not None else meta_test_family(config, cfg.seed)
-    return model, family.batch(range(cfg.n_tasks))
-
 # %% ../nbs/09_analysis.ipynb #c41386e7
 def cached_step(run_dir:str|Path, step:int, sha:str, key:str) -> bool:
     "Whether checkpoint `step` with content hash `sha` is already analysed with settings `key`."
@@ -171,13 +164,6 @@ def cached_step(run_dir:str|Path, step:int, sha:str, key:str) -> bool:
 
 def _write_csv(df:pd.DataFrame, path:Path):
     with atomic_write(path, 'w') as f: df.to_csv(f, index=False)
-
-def _write_step(run_dir:Path, step:int, tasks:pd.DataFrame, summ:pd.DataFrame, res:dict, task_ids, meta:dict):
-    "Write a checkpoint's files (`metanb.runs.STEP_FILES`), `meta.json` last."
-    d = step_dir(run_dir, step)
-    _write_csv(tasks, d/'tasks.csv'); _write_csv(summ, d/'summary.csv')
-    write_pairwise(run_dir, step, task_ids, **res['pairwise'])
-    write_json(d/'meta.json', meta)
 
 # %% ../nbs/09_analysis.ipynb #99f45829
 def analyse_checkpoint(run_dir:str|Path, step:int, cfg:AnalysisConfig, *, model, tasks:TaskBatch, ident:dict,
@@ -195,19 +181,18 @@ def analyse_checkpoint(run_dir:str|Path, step:int, cfg:AnalysisConfig, *, model,
     meta = dict(step=int(step), checkpoint=path.name, checkpoint_sha256=sha, settings_key=cfg.key(steps, lr),
                 settings={**cfg.settings(), 'steps': steps, 'lr': lr}, info=res['info'], **ident,
                 device=str(device), seconds=round(time.perf_counter() - t0, 3))
-    _write_step(run_dir, step, tt, ct, res, ids, meta)
+    d = step_dir(run_dir, step)   # the checkpoint's files (metanb.runs.STEP_FILES), meta.json last
+    _write_csv(tt, d/'tasks.csv'); _write_csv(ct, d/'summary.csv')
+    write_pairwise(run_dir, step, ids, **res['pairwise'])
+    write_json(d/'meta.json', meta)
     return tt, ct
 
 # %% ../nbs/09_analysis.ipynb #fa39bd54
-def _ranks() -> tuple[int, int]:
-    "`(rank, world_size)` of this process in torch.distributed, `(0, 1)` outside a process group."
-    dist = torch.distributed
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
 @contextlib.contextmanager
 def _run_lock(run_dir:Path, steps_only=None):
     "Hold the run's lock (rank 0 of a distributed analysis: the ranks share it) and remove temp files of killed writes under `analysis/`."
-    rank, n = _ranks()
+    from metanb.distributed import world
+    rank, n = world()
     if rank != 0 or not run_dir.is_dir(): yield; return   # no directory: read_config says so
     with RunLock(run_dir):
         a = run_dir/ANALYSIS_DIR
@@ -229,30 +214,29 @@ def analyse_run(run_dir:str|Path, # a run directory: config.json + checkpoints/s
                ) -> tuple[pd.DataFrame, pd.DataFrame]|None:
     "Analyse every checkpoint of a run (cached on disk) and write analysis/tasks.csv and analysis/summary.csv."
     cfg, run_dir = cfg or AnalysisConfig(), Path(run_dir)
-    with _run_lock(run_dir, steps_only): return _analyse_run(run_dir, cfg, model, family, steps_only, force, progress, log, merge)
-
-def _analyse_run(run_dir, cfg, model, family, steps_only, force, progress, log, merge):
     tune_malloc()
-    config, ckpts = read_config(run_dir), {s: ckpt_path(run_dir, s) for s in list_checkpoints(run_dir)}
-    if not ckpts: raise FileNotFoundError(f"{run_dir/'checkpoints'} holds no step_NNNNNN.pt checkpoints: is {run_dir} a run directory?")
-    if steps_only is not None:
-        missing = sorted(set(steps_only) - set(ckpts))
-        if missing: raise ValueError(f"no checkpoint for step(s) {missing} in {run_dir} (it has {list(ckpts)})")
-        ckpts = {s: p for s, p in ckpts.items() if s in set(steps_only)}
-    ident, inner, dev = run_identity(run_dir, config), meta_test_settings(config, cfg.steps, cfg.lr), get_device(cfg.device)
-    steps, lr = inner['steps'], inner['lr']
-    key, ready = cfg.key(steps, lr), None
-    for step in (progress_bar(list(ckpts)) if progress else list(ckpts)):
-        sha = file_sha256(ckpts[step])
-        if not force and cached_step(run_dir, step, sha, key):
-            if log: log(f"{ident['run']} step {step}: cached")
-            continue
-        if ready is None:
-            model, tasks = _setup(config, cfg, model, family); model = model.to(dev); ready = tasks.to(dev)
-        t0 = time.perf_counter()
-        analyse_checkpoint(run_dir, step, cfg, model=model, tasks=ready, ident=ident, steps=steps, lr=lr, sha=sha, device=dev)
-        if log: log(f"{ident['run']} step {step}: analysed in {time.perf_counter() - t0:.1f}s")
-    return collect(run_dir, list(ckpts), write=True) if merge else None
+    with _run_lock(run_dir, steps_only):
+        config, ckpts = read_config(run_dir), {s: ckpt_path(run_dir, s) for s in list_checkpoints(run_dir)}
+        if not ckpts: raise FileNotFoundError(f"{run_dir/'checkpoints'} holds no step_NNNNNN.pt checkpoints: is {run_dir} a run directory?")
+        if steps_only is not None:
+            missing = sorted(set(steps_only) - set(ckpts))
+            if missing: raise ValueError(f"no checkpoint for step(s) {missing} in {run_dir} (it has {list(ckpts)})")
+            ckpts = {s: p for s, p in ckpts.items() if s in set(steps_only)}
+        ident, inner, dev = run_identity(run_dir, config), meta_test_settings(config, cfg.steps, cfg.lr), get_device(cfg.device)
+        steps, lr = inner['steps'], inner['lr']
+        key, ready = cfg.key(steps, lr), None
+        for step in (progress_bar(list(ckpts)) if progress else list(ckpts)):
+            sha = file_sha256(ckpts[step])
+            if not force and cached_step(run_dir, step, sha, key):
+                if log: log(f"{ident['run']} step {step}: cached")
+                continue
+            if ready is None:
+                model = (model if model is not None else model_from_config(config)).to(dev)   # tasks 0..n_tasks-1, seeded as the analysis
+                ready = (family if family is not None else meta_test_family(config, cfg.seed)).batch(range(cfg.n_tasks)).to(dev)
+            t0 = time.perf_counter()
+            analyse_checkpoint(run_dir, step, cfg, model=model, tasks=ready, ident=ident, steps=steps, lr=lr, sha=sha, device=dev)
+            if log: log(f"{ident['run']} step {step}: analysed in {time.perf_counter() - t0:.1f}s")
+        return collect(run_dir, list(ckpts), write=True) if merge else None
 
 # %% ../nbs/09_analysis.ipynb #5d1ca802
 def collect(run_dir:str|Path, steps=None, write:bool=False) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -260,9 +244,8 @@ def collect(run_dir:str|Path, steps=None, write:bool=False) -> tuple[pd.DataFram
     a = Path(run_dir)/ANALYSIS_DIR
     dirs = [d for s in (analysed_steps(run_dir) if steps is None else steps) if ((d := step_dir(run_dir, s))/'meta.json').is_file()]
     if not dirs: raise FileNotFoundError(f"{a} holds no analysed checkpoints: run metanb.analysis.analyse_run (or `metanb analyze {run_dir}`) first")
-    tasks = pd.concat([pd.read_csv(d/'tasks.csv') for d in dirs], ignore_index=True)
-    summ = pd.concat([pd.read_csv(d/'summary.csv') for d in dirs], ignore_index=True)
-    tasks, summ = validate_tasks(tasks), validate_checkpoints(summ)
+    tasks = validate_tasks(pd.concat([pd.read_csv(d/'tasks.csv') for d in dirs], ignore_index=True))
+    summ = validate_checkpoints(pd.concat([pd.read_csv(d/'summary.csv') for d in dirs], ignore_index=True))
     if write: _write_csv(tasks, a/'tasks.csv'); _write_csv(summ, a/'summary.csv')
     return tasks, summ
 

@@ -106,9 +106,12 @@ def change_effect(x, start):
     return np.stack([x[:, s, -1] - x[:, s, i] for s, i in enumerate(start)], 1)
 
 # %% ../nbs/10a_claims.ipynb #83948d12
-def _effect_makers(X:dict, steps, start) -> dict:
-    "Lazily computed per-seed effects of every row the measures in `X` allow: `{row: (thunk, expected, variance factor, df)}`."
-    k, has, out = next(iter(X.values())).shape[1], set(X), {}
+def claim_effects(X:dict, # {measure: [draws, seeds, steps]} (see `study_arrays`)
+                  steps:np.ndarray, start:Sequence[int]|None=None, # per seed: first checkpoint index at or after the validation peak
+                  rows:Sequence[str]|None=None, # only these rows (default: all the measures allow)
+                 ) -> dict:
+    "Per-seed effects of the checkpoint claims: `{row: (effects [draws, seeds], expected sign, variance factor, df)}`."
+    k, has, out = next(iter(X.values())).shape[1], set(X), {}   # {row: (thunk, expected, variance factor, df)}
     fd, G = fluct_design(k), GENERALIZATION
     if 'top_eig' in has: out['1a'] = (lambda: trend_effect(steps, X['top_eig']), -1, 1.0, None)
     if {'top_eig', 'support_loss'} <= has: out['1a/loss'] = (lambda: trend_effect(steps, X['top_eig'] / X['support_loss']), -1, 1.0, None)
@@ -124,15 +127,7 @@ def _effect_makers(X:dict, steps, start) -> dict:
         out[f'{c} trend'] = (lambda m=m: assoc_effect(X[G], X[m]), e, 1.0, None)
         if start is not None: out[f'{c} post-peak'] = (lambda m=m: window_effect(X[G], X[m], start), e, 1.0, None)
     if {'top_eig', 'support_loss', G} <= has: out['ref/loss'] = (lambda: fluct_effect(X[G], X['top_eig'] / X['support_loss']), -1, *fd)
-    return out
-
-def claim_effects(X:dict, # {measure: [draws, seeds, steps]} (see `study_arrays`)
-                  steps:np.ndarray, start:Sequence[int]|None=None, # per seed: first checkpoint index at or after the validation peak
-                  rows:Sequence[str]|None=None, # only these rows (default: all the measures allow)
-                 ) -> dict:
-    "Per-seed effects of the checkpoint claims: `{row: (effects [draws, seeds], expected sign, variance factor, df)}`."
-    mk = _effect_makers(X, steps, start)
-    return {r: (f(), *rest) for r, (f, *rest) in mk.items() if rows is None or r in rows}
+    return {r: (f(), *rest) for r, (f, *rest) in out.items() if rows is None or r in rows}   # only the wanted rows computed
 
 # %% ../nbs/10a_claims.ipynb #337e7a42
 def _blank(row:str, why:str, effect:str|None=None) -> dict:
@@ -260,8 +255,6 @@ def premise_row(fresh:pd.DataFrame, fresh_peak:pd.DataFrame, base:str, conf:floa
     return _measured('2 premise', inf, -1, _spread(inf), bounds=None,
                      effect=f'query_acc on {n} fresh tasks: final checkpoint - the one at the validation peak (paired by seed and task; premise: < 0)')
 
-def _coherence_reg(variant:str) -> bool: "Whether a variant's regularizer is about coherence (claim 6); others are controls."; return 'coherence' in (parse_variant(variant)[1] or '')
-
 def claim6_rows(ckpt:pd.DataFrame, fresh:pd.DataFrame|None, pairs, conf:float=0.95, seed:int=0) -> list[dict]:
     "Claim 6: each regularized variant minus its plain variant, paired by seed and task on fresh meta-test tasks."
     rows, have = [], set(ckpt['variant']) if 'variant' in ckpt else set()
@@ -272,7 +265,7 @@ def claim6_rows(ckpt:pd.DataFrame, fresh:pd.DataFrame|None, pairs, conf:float=0.
         E, n = paired_effect(fresh, r, p, seed=seed)
         if n < MIN_FRESH_TASKS: rows.append(_blank('6', f"needs >= {MIN_FRESH_TASKS} fresh tasks every seed shares (has {n})", eff)); continue
         inf = seed_inference(E, 1, conf, seed=seed); row = _measured('6', inf, 1, _spread(inf), eff, bounds=None)
-        if not _coherence_reg(r): row.update(role='context', effect=eff + ' (control: a penalty that is not coherence)')
+        if 'coherence' not in (parse_variant(r)[1] or ''): row.update(role='context', effect=eff + ' (control: a penalty that is not coherence)')
         rows.append(row)
     if not any(parse_variant(r)[1] == 'grad_norm' for r, _ in pairs):
         rows.append(_blank('6', "needs a 'maml+grad_norm' variant (the control: a penalty that is not coherence)", 'final query_acc: maml+grad_norm - maml (control)'))
@@ -335,10 +328,8 @@ def study_inputs(run_dirs:Sequence) -> dict:
         if (d/LOG).is_file():
             log = pd.read_csv(d/LOG)
             if 'val_acc' in log and log['val_acc'].notna().any(): val.append(log[['step', 'val_acc']].dropna().assign(run=d.resolve().name, seed=int(cfg.get('seed', 0))))
-        if (a/'fresh_tasks.csv').is_file():
-            f = pd.read_csv(a/'fresh_tasks.csv')
-            if 'acc' in f: fresh.append(f)   # classification; a regression run's table has only the loss
-        if (a/'fresh_tasks_peak.csv').is_file() and 'acc' in (f := pd.read_csv(a/'fresh_tasks_peak.csv')): peak.append(f)
+        for name, found in (('fresh_tasks.csv', fresh), ('fresh_tasks_peak.csv', peak)):   # classification only: a regression
+            if (a/name).is_file() and 'acc' in (f := pd.read_csv(a/name)): found.append(f)   # run's table has only the loss
         if (a/'tasks.csv').is_file(): tasks.append(pd.read_csv(a/'tasks.csv'))
     every = lambda t: pd.concat(t, ignore_index=True) if t and len(t) == len(run_dirs) else None
     return dict(val=pd.concat(val, ignore_index=True) if val else None, tasks=every(tasks), fresh=every(fresh), fresh_peak=every(peak))

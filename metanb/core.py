@@ -121,9 +121,7 @@ def seed_everything(seed:int):
 
 def make_generator(seed:int, device='cpu') -> torch.Generator:
     "A fresh `torch.Generator` on `device` seeded with `seed`."
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
+    return torch.Generator(device=device).manual_seed(int(seed))
 
 # %% ../nbs/00_core.ipynb #40ad6a32
 def get_device(device:str|torch.device|None=None) -> torch.device:

@@ -91,8 +91,7 @@ def shard_range(n:int, # number of items to share
 def shard_indices(indices:Iterable, rank:int, world:int) -> list:
     "Rank `rank`'s contiguous share of `indices` (the shares of all ranks concatenate to `indices`)."
     idx = list(indices)
-    r = shard_range(len(idx), rank, world)
-    return idx[r.start:r.stop]
+    return [idx[i] for i in shard_range(len(idx), rank, world)]
 
 def shard_checkpoints(steps:Iterable[int], rank:int, world:int) -> list[int]:
     "Rank `rank`'s checkpoints: every `world`-th of the sorted steps (cost per checkpoint varies little, so striding balances)."
@@ -171,6 +170,13 @@ def broadcast_params(params:Params, src:int=0) -> Params:
             for k, v in unflatten(flat, {k: params[k] for k in keys}).items(): params[k].copy_(v)
     return params
 
+def _all_gather(obj) -> list:
+    "Every rank's `obj` (picklable), in rank order, on every rank."
+    if world()[1] == 1: return [obj]
+    out = [None] * world()[1]
+    dist.all_gather_object(out, obj)
+    return out
+
 def _picklable(e:BaseException) -> BaseException:
     try: pickle.loads(pickle.dumps(e)); return e
     except Exception: return RuntimeError(f"{type(e).__name__}: {e}")
@@ -192,9 +198,7 @@ def in_sync(params:Params) -> bool:
     "Whether every rank holds bit-identical `params` (compares SHA-256 hashes of the bytes)."
     if world()[1] == 1: return True
     h = hashlib.sha256(b''.join(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() for v in params.values())).hexdigest()
-    hs = [None] * world()[1]
-    dist.all_gather_object(hs, h)
-    return len(set(hs)) == 1
+    return len(set(_all_gather(h))) == 1
 
 # %% ../nbs/14_distributed.ipynb #be922225
 def reduce_share(grads:Params, metrics:dict, # this rank's meta-gradient and metrics over its share
@@ -332,13 +336,6 @@ def set_deterministic(on:bool=True):
     torch.use_deterministic_algorithms(on, warn_only=True)
 
 # %% ../nbs/14_distributed.ipynb #eae8441b
-def _gather_errors(err:str|None) -> list[str]:
-    "Every rank's error message (None where it succeeded), on every rank."
-    if world()[1] == 1: return [err]
-    out = [None] * world()[1]
-    dist.all_gather_object(out, err)
-    return out
-
 def _rank_log(msg:str): print(f"[rank {world()[0]}] {msg}", flush=True)
 
 def analyse_run_distributed(run_dir:str|Path, # a run directory
@@ -360,7 +357,7 @@ def analyse_run_distributed(run_dir:str|Path, # a run directory
     try:
         if mine: analyse_run(run_dir, cfg, steps_only=mine, progress=progress and rank == 0, log=log, **kw)
     except Exception as e: err = e
-    bad = [f"rank {r}: {m}" for r, m in enumerate(_gather_errors(None if err is None else f"{type(err).__name__}: {err}")) if m]
+    bad = [f"rank {r}: {m}" for r, m in enumerate(_all_gather(None if err is None else f"{type(err).__name__}: {err}")) if m]
     if err is not None: raise err
     if bad: raise RuntimeError(f"analysis failed on other ranks: {'; '.join(bad)}")
     return run_on_main(lambda: collect(run_dir, steps, write=True))
@@ -380,10 +377,10 @@ def run_torchrun(nproc:int, args:list, **popen_kw) -> int:
 
 def split_nproc(argv:list[str]) -> tuple[int, list[str]]:
     "`(N, argv without it)` for a command line holding `--nproc N` or `--nproc=N` (N = 1 without one)."
-    argv, n = list(argv), 1
+    argv = list(argv)
     for i, a in enumerate(argv):
         if a == '--nproc' or a.startswith('--nproc='):
             v = a.split('=', 1)[1] if '=' in a else (argv[i + 1] if i + 1 < len(argv) else '')
             if not v.isdigit() or int(v) < 1: raise ValueError(f"--nproc: needs a number of processes >= 1, got {v!r}")
             return int(v), argv[:i] + argv[i + (1 if '=' in a else 2):]
-    return n, argv
+    return 1, argv

@@ -47,7 +47,7 @@ class Explorer:
         tasks = tuple(r.task_ids[:2] if tasks is None else tasks)
         r._check_slice_args(step, tasks, kind if kind != 'tasks' or len(tasks) == 2 else '1d', loss)
         self._build(step, tasks, kind, loss); self._wire()
-        self._quiet = False; self.refresh()
+        self.refresh()
 
     def _ipython_display_(self): display(self.widget)
     def __repr__(self): return f"Explorer({self.results!r}, step={self.step}, tasks={self.tasks}, kind={self.kind!r}, loss={self.loss!r})"
@@ -215,10 +215,8 @@ def state(self) -> dict:
 @patch_to(Explorer)
 def set(self, step:int|None=None, tasks:Sequence[int]|None=None, kind:str|None=None, loss:str|None=None) -> Explorer:
     "Change several controls at once, as a user would, with one update of the panels."
-    if step is not None: self.results.check_step(step)
-    if kind is not None and kind not in SLICE_KINDS: raise ValueError(f"unknown slice kind {kind!r}: use one of {list(SLICE_KINDS)}")
-    if loss is not None and loss not in LOSSES: raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")
-    if tasks is not None: self.results._check_slice_args(self.step, tasks, '1d', 'support')
+    self.results._check_slice_args(self.step if step is None else step, self.tasks if tasks is None else tasks,   # all checked first
+                                   '1d' if kind in (None, 'tasks') else kind, 'support' if loss is None else loss)
     self._quiet = True
     try:
         if step is not None: self.step_slider.value = int(step)

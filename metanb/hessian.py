@@ -60,7 +60,6 @@ def _check_bn_mode(model, bn_mode):
         raise ValueError("bn_mode='running' needs running statistics, but this model's batchnorm layers keep none "
                          "(track_running_stats=False): use bn_mode='batch', or build the model with track_running_stats=True")
 
-# %% ../nbs/05_hessian.ipynb #2f682e11
 class ModelLoss:
     "`loss_fn(params)`: the mean loss of `model` on `(x, y)` in a stated batchnorm mode; per-task losses `[T]` when `batched`."
     def __init__(self, model:nn.Module, x:Tensor, y:Tensor, bn_mode:str='batch', loss='auto', batched:bool=False,
@@ -156,7 +155,6 @@ class HessianOperator:
             self._sub = (key, HessianOperator(self.loss_fn.subset(idx), {k: v[idx] for k, v in self.params.items()}, self.method, True))
         return self._sub[1]
 
-# %% ../nbs/05_hessian.ipynb #d8c05657
 def hvp(loss_fn:Callable, params:Params, v:Params, method:str='double_backward') -> Params:
     "The Hessian-vector product $\\nabla^2 L(\\theta)\\,v$ as a params dict (`method`: or 'fwd_rev'; build a `HessianOperator` for many `v`)."
     return HessianOperator(loss_fn, params, method)(v)
@@ -254,7 +252,7 @@ class EigResult:
     vector: Tensor|None = None # the Ritz vector(s), flat [P] (or [k, P]), if asked for
 
     @property
-    def rel_error_bound(self): return self.error_bound / abs(self.value) if isinstance(self.value, float) else self.error_bound / self.value.abs()
+    def rel_error_bound(self): return self.error_bound / abs(self.value)  # abs() of a float or a tensor
 
 @dataclass
 class BatchEigResult(EigResult):
@@ -284,8 +282,7 @@ def _eig_run(op:HessianOperator, k:int, which:str, rtol:float, atol:float, max_i
     out = _lanczos_core(op.matvec, q0, max_iter, _stopper(k, which, 0.8 * rtol, 0.8 * atol))  # a margin for the final check
     for o in out: o['value'], o['bound'], o['n_hvp'] = o['theta'][o['sel']], o['resid'][o['sel']], o['m']
     if verify:
-        kk = min(len(o['sel']) for o in out)
-        for i in range(kk):
+        for i in range(min(len(o['sel']) for o in out)):
             Y = torch.stack([o['Y'][i] for o in out]); Y = Y / Y.norm(dim=1, keepdim=True)
             R = (op.matvec(Y) - torch.stack([o['value'][i] for o in out]).to(Y)[:, None] * Y).norm(dim=1).double().cpu()
             for o, r in zip(out, R):

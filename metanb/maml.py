@@ -28,13 +28,13 @@ def task_loss(out:Tensor, # model output: logits `[n, C]` or predictions
     if y.is_floating_point():
         if out.shape != y.shape: raise ValueError(f"regression output shape {tuple(out.shape)} differs from the target shape {tuple(y.shape)}: reshape the targets (e.g. y[:, None])")
         return F.mse_loss(out, y)
-    if not _active_transforms(): _check_labels(y, out.shape[-1])
+    if not _active_transforms() and y.numel(): return _head_checked(out, y, int(y.max()))
     return F.cross_entropy(out, y)
 
-def _check_labels(y:Tensor, n_out:int, what:str='labels'):
-    "Raise (naming the head size) if integer labels do not fit a head of `n_out` classes."
-    if y.numel() and not y.is_floating_point() and int(y.max()) >= n_out:
-        raise ValueError(f"{what} go up to {int(y.max())} but the model's head has {n_out} outputs: build the model with n_way >= {int(y.max()) + 1} (or sample {n_out}-way tasks)")
+def _head_checked(out, y, top):
+    "`task_loss` for labels known to go up to `top`: the head-size check is on the shape only."
+    if out.shape[-1] <= top: raise ValueError(f"labels go up to {top} but the model's head has {out.shape[-1]} outputs: build the model with n_way >= {top + 1} (or sample {out.shape[-1]}-way tasks)")
+    return F.cross_entropy(out, y)
 
 def accuracy(out:Tensor, y:Tensor) -> Tensor:
     "Fraction of rows of logits `out` whose argmax equals the integer label `y` (NaN if any logit is not finite)."
@@ -170,11 +170,6 @@ def _mode_and_loss(model, params, tasks, steps, lr, batching, loss, second_order
         top = int(torch.stack([tasks.ys.max(), tasks.yq.max()]).max())
         loss = functools.partial(_head_checked, top=top)
     return mode, loss or task_loss
-
-def _head_checked(out, y, top):
-    "`task_loss` for labels known to go up to `top`: the head-size check is on the shape only."
-    if out.shape[-1] <= top: raise ValueError(f"labels go up to {top} but the model's head has {out.shape[-1]} outputs: build the model with n_way >= {top + 1} (or sample {out.shape[-1]}-way tasks)")
-    return F.cross_entropy(out, y)
 
 def meta_loss(model:nn.Module, # the network (its own parameters are not used)
               params:Params, # meta-parameters theta

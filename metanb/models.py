@@ -122,11 +122,8 @@ class MLP(nn.Module):
                  act=nn.ReLU):
         super().__init__()
         if len(sizes) < 2: raise ValueError(f"MLP needs at least an input and an output size, got {sizes}")
-        layers = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(nn.Linear(a, b))
-            if i < len(sizes) - 2: layers.append(act())
-        self.net = nn.Sequential(*layers)
+        layers = [l for a, b in zip(sizes[:-1], sizes[1:]) for l in (nn.Linear(a, b), act())]
+        self.net = nn.Sequential(*layers[:-1])   # no activation after the output layer
 
     def forward(self, x:Tensor) -> Tensor: return self.net(x)
 

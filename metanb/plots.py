@@ -43,10 +43,9 @@ def _figure(nrows:int=1, ncols:int=1, size=(4., 3.), dpi:int=80):
 # %% ../nbs/11_plots.ipynb #073cb299
 def seed_bands(ckpt:pd.DataFrame, hue:str|None=None, conf:float=0.95) -> pd.DataFrame:
     "Per (hue, measure, step): mean over the group's runs and its CI (over seeds, or the run's own)."
-    ckpt = validate_checkpoints(ckpt); h = _hue(ckpt, hue)
-    cols = [h, 'measure', 'step']
-    out = aggregate_seeds(ckpt, 'value', by=cols, conf=conf)
-    return out.sort_values(cols, kind='stable').reset_index(drop=True)
+    ckpt = validate_checkpoints(ckpt)
+    cols = [_hue(ckpt, hue), 'measure', 'step']
+    return aggregate_seeds(ckpt, 'value', by=cols, conf=conf).sort_values(cols, kind='stable').reset_index(drop=True)
 
 # %% ../nbs/11_plots.ipynb #355858d5
 def _band(ax, d:pd.DataFrame, color, ls:str='-', alpha:float=0.2, label=None):

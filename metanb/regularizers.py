@@ -93,8 +93,7 @@ def support_grads(params:Params, # theta_s, or per-task params `[n, ...]` with `
                  ) -> Tensor:
     "Support-loss gradients of the group's tasks as the rows of an `[n, P]` matrix (differentiable), tasks mapped as the caller's `ctx.mode`."
     def g(p, xs, ys): return flatten(grad(lambda q: ctx.loss(forward(ctx.model, q, xs, ctx.buffers), ys))(p))
-    t = ctx.tasks
-    return map_tasks(g, params, t.xs, t.ys, mode=ctx.mode, in_dims=(0 if per_task else None, 0, 0))
+    return map_tasks(g, params, ctx.tasks.xs, ctx.tasks.ys, mode=ctx.mode, in_dims=(0 if per_task else None, 0, 0))
 
 # %% ../nbs/07_regularizers.ipynb #593df24b
 class GradCoherencePenalty(Regularizer):

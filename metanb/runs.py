@@ -82,8 +82,6 @@ def model_from_config(config:dict, **overrides) -> nn.Module:
     return MODELS[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
 
 # %% ../nbs/03a_runs.ipynb #b6bebb5d
-def _sinusoid_seed(seed:int, split:str) -> int: return 3 * int(seed) + SPLITS.index(split)
-
 def load_data(config:dict) -> ImageClasses:
     "The `ImageClasses` dataset a run config names (through `metanb.data.registry`)."
     from metanb.data.registry import load_dataset
@@ -95,7 +93,7 @@ def task_family_from_config(config:dict, split:str, # 'train', 'val' or 'test'
     "The task family of `split` for a run config (sinusoid, or episodes of its dataset); `kw` go to `EpisodicTasks`."
     if split not in SPLITS: raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
     seed = int(config.get('seed', 0))
-    if config['dataset'] == 'sinusoid': return SinusoidTasks(config['shots'], config['queries'], seed=_sinusoid_seed(seed, split))
+    if config['dataset'] == 'sinusoid': return SinusoidTasks(config['shots'], config['queries'], seed=3 * seed + SPLITS.index(split))
     return EpisodicTasks(data if data is not None else load_data(config), split, config['n_way'], config['shots'], config['queries'], seed=seed, **kw)
 
 # %% ../nbs/03a_runs.ipynb #61856561
@@ -255,7 +253,7 @@ class RunLock:
             f.close()
             raise RunLocked(f"{self.run_dir} is in use by another metanb process ({holder}): wait for it to finish or stop it; one run directory takes one training or analysis at a time") from None
         f.seek(0); f.truncate(); f.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n"); f.flush()
-        self._f = self._f or f
+        self._f = f
         return self
     def release(self):
         "Drop the lock."

@@ -39,13 +39,10 @@ class TaskBatch:
         return TaskBatch(*(getattr(self, f.name)[i] for f in fields(self)))
     def to(self, *args, **kw):
         "Move (or cast, floats only) every field, like `Tensor.to`."
-        def _to(t):
-            if not t.is_floating_point():
-                kw2 = {k: v for k, v in kw.items() if k != 'dtype'}
-                a2 = [a for a in args if not isinstance(a, torch.dtype)]
-                return t.to(*a2, **kw2)
-            return t.to(*args, **kw)
-        return TaskBatch(*(_to(getattr(self, f.name)) for f in fields(self)))
+        args_int = [a for a in args if not isinstance(a, torch.dtype)]   # integer labels keep their dtype
+        kw_int = {k: v for k, v in kw.items() if k != 'dtype'}
+        return TaskBatch(*(t.to(*args, **kw) if t.is_floating_point() else t.to(*args_int, **kw_int)
+                           for t in (self.xs, self.ys, self.xq, self.yq)))
     @property
     def device(self): return self.xs.device
 
@@ -131,8 +128,7 @@ def to_float(d:ImageClasses, x:Tensor, # uint8 images of `d`, any leading dims, 
     "Convert `uint8` images of `d` to float in [0, 1], then apply `d`'s per-channel mean/std if `normalize`."
     y = x.to(dtype) / 255
     if normalize and d.mean is not None:
-        m = torch.tensor(d.mean, dtype=dtype, device=y.device)[:, None, None]
-        s = torch.tensor(d.std, dtype=dtype, device=y.device)[:, None, None]
+        m, s = (torch.tensor(v, dtype=dtype, device=y.device)[:, None, None] for v in (d.mean, d.std))
         y = (y - m) / s
     return y
 

@@ -42,8 +42,7 @@ def image_batch(n_tasks:int=4, n_way:int=3, shots:int=2, queries:int=2, img:int=
         y = torch.arange(n_way).repeat_interleave(k).expand(n_tasks, -1).contiguous()
         x = centers[torch.arange(n_tasks)[:, None], y] + 0.5 * torch.randn(n_tasks, n_way * k, 1, img, img, generator=g2)
         return x.to(dtype), y
-    xs, ys = _draw(shots); xq, yq = _draw(queries)
-    return TaskBatch(xs, ys, xq, yq)
+    return TaskBatch(*_draw(shots), *_draw(queries))   # support drawn first, then queries
 
 # %% ../nbs/02a_testutils.ipynb #cb4841a7
 def with_native_bn(model:nn.Module) -> nn.Module:

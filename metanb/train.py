@@ -22,8 +22,8 @@ __all__ = ['ALGORITHMS', 'RESUMABLE', 'TrainConfig', 'checkpoint_steps', 'resolv
            'finetune_images', 'meta_test_params', 'check_finite', 'run_config', 'Trainer', 'train']
 
 # %% ../nbs/04_train.ipynb #7f7c9932
-def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-_KINDS = {'int': ('an integer', _is_int), 'float': ('a number', lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
+_KINDS = {'int': ('an integer', lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
+          'float': ('a number', lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
           'str': ('a string', lambda v: isinstance(v, str)), 'dict': ('a dict', lambda v: isinstance(v, dict)),
           'bool': ('true or false', lambda v: isinstance(v, bool))}
 
@@ -169,10 +169,6 @@ def run_config(cfg:TrainConfig, data:ImageClasses|None=None) -> dict:
     if cfg.algorithm == 'finetune' and data is not None: out['n_train_classes'] = len(data.splits['train'])
     return json.loads(json.dumps(out, default=str))
 
-def _check_same_run(old:dict, new:dict, run_dir):
-    diff = {k: (old.get(k), new.get(k)) for k in new if k not in RESUMABLE and old.get(k) != new.get(k)}
-    if diff: raise ValueError(f"{run_dir} holds a run with a different config {diff} (stored, given): resume with the stored config, or use a new run_dir")
-
 # %% ../nbs/04_train.ipynb #f1ff7965
 def _regularizer(cfg):
     if cfg.regularizer in (None, 'none') and not cfg.reg_strength: return None
@@ -183,10 +179,6 @@ def _rng_state(device):
     r = {'torch': torch.get_rng_state()}
     if device.type == 'cuda': r['cuda'] = torch.cuda.get_rng_state(device)
     return r
-
-def _set_rng_state(r, device):
-    torch.set_rng_state(r['torch'])
-    if device.type == 'cuda' and 'cuda' in r: torch.cuda.set_rng_state(r['cuda'], device)
 
 # %% ../nbs/04_train.ipynb #fd2f51e0
 class _TrainerState:
@@ -223,7 +215,8 @@ class _TrainerState:
             for k, v in self.params.items(): v.copy_(src[k])
         self.opt.load_state_dict(ck['optimizer'])
         for g in self.opt.param_groups: g['lr'] = self.cfg.outer_lr   # outer_lr may change on resume
-        _set_rng_state(ck['rng'], self.device)
+        torch.set_rng_state(ck['rng']['torch'])
+        if self.device.type == 'cuda' and 'cuda' in ck['rng']: torch.cuda.set_rng_state(ck['rng']['cuda'], self.device)
 
     def release(self):
         "Drop the run directory's lock, if held."
@@ -262,7 +255,8 @@ class Trainer(_TrainerState):
         clean_tmp(run_dir); clean_tmp(run_dir/CKPT_DIR)   # left by a killed write; we hold the lock, so nobody is writing
         if not done: write_config(run_dir, self.config); self.save(0); return 0
         old = read_config(run_dir)
-        _check_same_run(old, self.config, run_dir)
+        diff = {k: (old.get(k), v) for k, v in self.config.items() if k not in RESUMABLE and old.get(k) != v}
+        if diff: raise ValueError(f"{run_dir} holds a run with a different config {diff} (stored, given): resume with the stored config, or use a new run_dir")
         if done[-1] > cfg.meta_iters: raise ValueError(f"{run_dir} already has a checkpoint at step {done[-1]} > meta_iters={cfg.meta_iters}: raise meta_iters or use a new run_dir")
         step, ck = _latest_intact(run_dir, done, self.device)
         self.restore(ck)
@@ -280,8 +274,7 @@ class Trainer(_TrainerState):
         if c.algorithm == 'finetune' and not self.ft_cls:  # regression: joint training without adaptation
             return meta_grad(self.model, self.params, tasks, steps=0, lr=0., batching=c.batching, group_size=c.group_size)
         if c.algorithm == 'finetune':
-            x, y = finetune_images(self.data, step, self.ft_batch, c.seed)
-            x, y = x.to(self.device), y.to(self.device)
+            x, y = (t.to(self.device) for t in finetune_images(self.data, step, self.ft_batch, c.seed))
             with fused_batchnorm(c.fused_bn):
                 out = forward(self.model, self.params, x)
                 loss = F.cross_entropy(out, y)
