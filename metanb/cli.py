@@ -15,8 +15,8 @@ from .presets import (FRESH_TASKS, OPTION_FIELDS, OptionError, require, check_nu
 # pandas, the analysis, the stats, the plots and the report (metanb.report) are imported when used: `metanb --help` stays quick
 
 # %% auto #0
-__all__ = ['ANALYZE_OPTIONS', 'COMMANDS', 'ISSUES', 'StudyIncomplete', 'RunOptions', 'run_options', 'study', 'train_run',
-           'analyze', 'report', 'expected_error', 'error_message', 'run_command', 'main']
+__all__ = ['ANALYZE_OPTIONS', 'COMMANDS', 'ISSUES', 'StudyIncomplete', 'RunOptions', 'run_options', 'study', 'train_run', 'sweep',
+           'matrix', 'analyze', 'report', 'expected_error', 'error_message', 'run_command', 'main']
 
 # %% ../nbs/13_cli.ipynb #9a97b9cd
 def _study_dir(out:Path, s:dict) -> Path: return out/s['preset']
@@ -214,6 +214,51 @@ def train_run(name:str=None, # run directory name under OUT (default VARIANT-sSE
     _say(f"run: {d}")
     return d
 
+# %% ../nbs/13_cli.ipynb #610566cc
+@_options(run_options, _check_executor)  # the shared options (their --preset replaced), and the executor's
+def sweep(preset:str='sweep-glyphs', # base settings (default sweep-glyphs: Conv4 hidden 32, 5-way 1-shot, 300 iterations, validated every 50); any study preset
+          axes:str=None, # the grid: 'AXIS=V1,V2;AXIS=...', a TrainConfig field, FIELD.KEY of a dict field, or width / n_train_classes (default 'inner_lr=0.1,0.4;width=16,32')
+          seeds:str='0,1,2', # seeds of every grid point, e.g. '0,1,2' or '0-4'
+          name:str=None, # the sweep goes to OUT/sweep-NAME (default: the preset's name)
+          algorithm:str='maml', # maml or fomaml (--regularizer regularizes it)
+          fresh:int=None, # fresh meta-test tasks scored at the final checkpoint and the validation peak: generalization (default: the preset's, else 0: the analysis tasks)
+          tasks:int=None, # meta-test tasks analysed per checkpoint
+          **kwargs, # `run_options`' options and the executor's (`_check_executor`)
+         ):
+    "Train a grid of interventions x seeds, analyse each run at its final checkpoint and validation peak, and rank the measures by how they predict generalization."
+    from metanb.sweep import run_sweep, parse_axes, DEFAULT_AXES
+    o = run_options(**_split(kwargs, run_options), preset=preset, tasks=tasks)
+    grid, ex = parse_axes(DEFAULT_AXES if axes is None else axes), _check_executor(**_split(kwargs, _check_executor))
+    return run_sweep(o, grid, parse_seeds(seeds), train_variant(algorithm, o.regularizer), check_name(name), check_number(fresh, '--fresh', 0, integer=True),
+                     (*ex, kwargs.get('parallel')))
+
+# %% ../nbs/13_cli.ipynb #226ddc78
+@delegates(_check_executor)
+def matrix(archs:str='conv4,resnet12,mlp', # architectures: conv4, resnet12, mlp (the MLP runs sinusoid; conv4 and resnet12 run the image families)
+           families:str='glyphs,sinusoid', # data families: glyphs, sinusoid, omniglot and miniimagenet (these two need --data)
+           algorithms:str='maml,fomaml', # maml, fomaml
+           seeds:str='0,1,2', # seeds per cell (claims 3 and 4 need >= 3)
+           data:str=None, # folders of the families on disk, e.g. 'omniglot=/data/omniglot-py,miniimagenet=/data/mini'
+           width:int=None, # network width: conv4 hidden channels (default 32), resnet12 first block (default 16; then x2.5, x5, x10), mlp hidden units (default 40)
+           iters:int=None, # meta-training iterations of every cell (default: its family preset's)
+           meta_batch:int=None, # tasks per meta-iteration
+           checkpoints:int=None, # evenly spaced checkpoints per run
+           tasks:int=None, # meta-test tasks analysed per checkpoint
+           fresh:int=0, # fresh meta-test tasks scored per run (claim 2's premise uses them from 600 on)
+           out:str='runs', # output folder: the matrix goes to OUT/matrix, one study folder per cell
+           device:str='auto', # auto, cpu, cuda or cuda:N
+           no_resume:store_true=False, # refuse to continue existing runs (default: resume; finished runs are skipped)
+           quiet:store_true=False, # no progress bars
+           **kwargs, # the executor's options (`_check_executor`)
+          ):
+    "The falsification matrix: architecture x data family x algorithm, each cell a small study with the claims that apply; heatmaps and a table."
+    from metanb.matrix import run_matrix, matrix_cells, parse_data
+    d = parse_data(data)
+    cells, sd, ex = matrix_cells(archs, families, algorithms, d), parse_seeds(seeds), _check_executor(**kwargs)
+    return run_matrix(cells, sd, check_out(out)/'matrix', check_number(width, '--width', 1, integer=True), d, check_device(device),
+                      check_number(fresh, '--fresh', 0, integer=True), (*ex, kwargs.get('parallel')), quiet, no_resume,
+                      iters=iters, meta_batch=meta_batch, checkpoints=checkpoints, tasks=tasks)
+
 # %% ../nbs/13_cli.ipynb #2f53c1b4
 def _check_runs(runs:list, need:str, option:str='RUN') -> list[Path]:
     "Run directories that exist and hold `need` (a file or folder inside the run)."
@@ -289,7 +334,7 @@ def report(runs:Param('run directories (analysed)', str, nargs='+', opt=False)=N
     return rep
 
 # %% ../nbs/13_cli.ipynb #3eaadf37
-COMMANDS = {'study': study, 'train': train_run, 'analyze': analyze, 'report': report}
+COMMANDS = {'study': study, 'train': train_run, 'analyze': analyze, 'report': report, 'sweep': sweep, 'matrix': matrix}
 _ALIASES = {'analyse': 'analyze'}
 
 class _UsageError(Exception): pass
