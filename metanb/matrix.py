@@ -120,7 +120,7 @@ def plot_claim(m:pd.DataFrame, # the matrix table (`MATRIX_COLUMNS`)
     for r in d.itertuples(): Z[ys.index(r.y), xs.index(r.algorithm)] = r.estimate
     lim = max(1.0, float(np.nanmax(np.abs(Z)))) if np.isfinite(Z).any() else 1.0
     fig = Figure(figsize=(1.9 * len(xs) + 2.2, 0.75 * len(ys) + 1.4), dpi=dpi, layout='constrained'); ax = fig.subplots()
-    ax.set_facecolor('#dddddd'); im = ax.imshow(np.ma.masked_invalid(Z), cmap='PuOr', vmin=-lim, vmax=lim, aspect='auto')
+    ax.set_facecolor('#dddddd'); im = ax.imshow(np.ma.masked_invalid(Z), cmap='PuOr', vmin=-lim, vmax=lim, aspect='auto', alpha=0.55)
     for r in d.itertuples():
         i, j = ys.index(r.y), xs.index(r.algorithm); col = _MARK.get(r.verdict, (None,))[0]
         ax.text(j, i, _cell_text(r), ha='center', va='center', fontsize=7, fontweight='bold' if col else 'normal', color=col or 'k')
