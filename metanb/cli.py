@@ -10,6 +10,7 @@ from typing import NamedTuple
 from fastcore.script import anno_parser, Param, store_true
 from fastcore.meta import delegates
 from .core import get_device
+from .executor import executor_options
 from .presets import (FRESH_TASKS, OPTION_FIELDS, OptionError, require, check_number, check_option, option_field, parse_seeds,
                             check_device, check_out, check_name, resolve_settings, analysis_config, train_config, study_variants, train_variant, regularized)
 # pandas, the analysis, the stats, the plots and the report (metanb.report) are imported when used: `metanb --help` stays quick
@@ -70,31 +71,6 @@ def _fresh(dirs:list[Path], option:str='--no_resume'):
     require(not taken, option, f"{taken[0]} already exists: remove it, or choose another --out (nothing is deleted)")
 
 # %% ../nbs/13_cli.ipynb #4bae0c75
-def _check_executor(executor:str='local', # local (worker processes, one run each), slurm (a submitit job array) or inline (this process, one run after another)
-                    parallel:int=None, # local: runs at once (default: the cores over the threads per run)
-                    partition:str=None, # slurm: the partition (default: the cluster's)
-                    time_min:int=60, # slurm: time limit per run, minutes (>= 3)
-                    cpus:int=None, # slurm: CPUs per run (default: the threads per run)
-                    gpus:int=0, # slurm: GPUs per run
-                    mem_gb:float=None, # slurm: memory per run, GB
-                    max_parallel:int=None, # slurm: at most this many runs at once
-                    sbatch:str=None, # slurm: extra sbatch flags, e.g. '--qos=high --account=lab'
-                   ):
-    "The executor's name and its `SlurmOptions`, every option checked (`OptionError`); under torchrun, inline (every rank runs each job)."
-    from metanb.executor import EXECUTORS, SlurmOptions
-    ex = str(executor).strip().lower()
-    require(ex in EXECUTORS, '--executor', f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
-    check_number(parallel, '--parallel', 1, integer=True); check_number(time_min, '--time_min', 3, integer=True)
-    check_number(cpus, '--cpus', 1, integer=True); check_number(gpus, '--gpus', 0, integer=True)
-    check_number(mem_gb, '--mem_gb', 0, open_lo=True); check_number(max_parallel, '--max_parallel', 1, integer=True)
-    if ex == 'slurm':
-        import shutil
-        try: import submitit  # noqa: F401
-        except ImportError: raise OptionError('--executor', "slurm needs submitit: pip install submitit") from None
-        require(shutil.which('sbatch') is not None, '--executor', "slurm: no sbatch on PATH (run on a SLURM login node, or use --executor local)")
-    if _ranks() > 1: ex = 'inline'
-    return ex, SlurmOptions(partition, time_min, cpus, gpus, mem_gb, max_parallel, sbatch)
-
 class StudyIncomplete(RuntimeError):
     "Some runs of a study did not finish (the report covers the others)."
 
@@ -120,9 +96,9 @@ class RunOptions(NamedTuple):
     "The checked options `study` and `train` share."
     settings:dict; device:str; out:Path; regularizer:str|None; no_resume:bool; quiet:bool
 
-def run_options(preset:str='quick', # quick (default: ~4 min a seed), glyphs-overfit (the paper's regime: MAML meta-overfits; 5 variants, ~17 min a seed), omniglot-5w1s, omniglot-20w1s, miniimagenet-5w1s (need --data), tiny (tests)
+def run_options(preset:str='quick', # quick (default: ~4 min a seed), glyphs-overfit (the paper's regime: MAML meta-overfits; 5 variants, ~17 min a seed), omniglot-5w1s, omniglot-20w1s, miniimagenet-5w1s (need --data), sweep-glyphs, sinusoid, tiny (tests)
                 data:str=None, # the dataset folder (omniglot, miniimagenet); for glyphs an optional cache folder
-                out:str='runs', # output folder: study's runs go to OUT/PRESET/VARIANT-sSEED and its report to OUT/PRESET; train's run to OUT/NAME
+                out:str='runs', # output folder: study's runs go to OUT/PRESET/VARIANT-sSEED and its report to OUT/PRESET; train's run to OUT/NAME; sweep's to OUT/sweep-NAME; matrix's to OUT/matrix
                 regularizer:str=None, # coherence_step, traj_coherence, grad_coherence, grad_norm (train: default none; study: of the regularized variants, none drops them)
                 strength:float=None, # regularizer strength (gamma or lambda)
                 device:str='auto', # auto, cpu, cuda or cuda:N
@@ -145,10 +121,10 @@ def run_options(preset:str='quick', # quick (default: ~4 min a seed), glyphs-ove
     _check_workers(s, dev)
     return RunOptions(s, dev, check_out(out), regularizer, no_resume, quiet)
 
-def _options(*fs):
-    "Decorator, fastcore's `delegates` for several functions: `**kwargs` becomes the options of `fs`, whose comments `--help` shows."
+def _options(*fs, but:tuple=()):
+    "Decorator, fastcore's `delegates` for several functions: `**kwargs` becomes the options of `fs` (less those in `but`), whose comments `--help` shows."
     def deco(g):
-        for f in fs: delegates(f, keep=True)(g)
+        for f in fs: delegates(f, keep=True, but=list(but))(g)
         sig = inspect.signature(g)
         g.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD])
         link = g
@@ -162,20 +138,20 @@ def _split(kwargs:dict, f) -> dict:
     return {k: v for k, v in kwargs.items() if k in inspect.signature(f).parameters}
 
 # %% ../nbs/13_cli.ipynb #390bdc96
-@_options(run_options, _check_executor)  # the shared options, and the executor's
+@_options(run_options, executor_options)  # the shared options, and the executor's
 def study(seeds:str='0', # seeds, e.g. '0,1,2' or '0-4': one run per seed and variant
           variants:str=None, # comma-separated maml, fomaml, finetune, ALGORITHM+REGULARIZER (default: the preset's)
           tasks:int=None, # meta-test tasks analysed per checkpoint
-          **kwargs, # `run_options`' options and the executor's (`_check_executor`)
+          **kwargs, # `run_options`' options and the executor's (`executor_options`)
          ):
     "Train every variant and seed, analyse every checkpoint, and write the report: the one-command study."
     from metanb.executor import Job
     from metanb.report import write_report
-    o, executor = run_options(**_split(kwargs, run_options), tasks=tasks), _split(kwargs, _check_executor)
+    o, executor = run_options(**_split(kwargs, run_options), tasks=tasks), _split(kwargs, executor_options)
     s, vs, sd = o.settings, study_variants(o.settings, variants, o.regularizer), parse_seeds(seeds)
     root = _study_dir(o.out, s)
     runs = [(v, seed, _run_dir(root, v, seed)) for v in vs for seed in sd]
-    ex, sl = _check_executor(**executor)
+    ex, sl = executor_options(**executor)
     if o.no_resume: _fresh([d for *_, d in runs])
     t0 = time.perf_counter()
     _say(f"metanb study: preset {s['preset']}, variants {', '.join(vs)}, seeds {sd} -> {root} ({ex} executor)")
@@ -215,7 +191,7 @@ def train_run(name:str=None, # run directory name under OUT (default VARIANT-sSE
     return d
 
 # %% ../nbs/13_cli.ipynb #610566cc
-@_options(run_options, _check_executor)  # the shared options (their --preset replaced), and the executor's
+@_options(run_options, executor_options)  # the shared options (their --preset replaced), and the executor's
 def sweep(preset:str='sweep-glyphs', # base settings (default sweep-glyphs: Conv4 hidden 32, 5-way 1-shot, 300 iterations, validated every 50); any study preset
           axes:str=None, # the grid: 'AXIS=V1,V2;AXIS=...', a TrainConfig field, FIELD.KEY of a dict field, or width / n_train_classes (default 'inner_lr=0.1,0.4;width=16,32')
           seeds:str='0,1,2', # seeds of every grid point, e.g. '0,1,2' or '0-4'
@@ -223,41 +199,35 @@ def sweep(preset:str='sweep-glyphs', # base settings (default sweep-glyphs: Conv
           algorithm:str='maml', # maml or fomaml (--regularizer regularizes it)
           fresh:int=None, # fresh meta-test tasks scored at the final checkpoint and the validation peak: generalization (default: the preset's, else 0: the analysis tasks)
           tasks:int=None, # meta-test tasks analysed per checkpoint
-          **kwargs, # `run_options`' options and the executor's (`_check_executor`)
+          **kwargs, # `run_options`' options and the executor's (`executor_options`)
          ):
     "Train a grid of interventions x seeds, analyse each run at its final checkpoint and validation peak, and rank the measures by how they predict generalization."
     from metanb.sweep import run_sweep, parse_axes, DEFAULT_AXES
     o = run_options(**_split(kwargs, run_options), preset=preset, tasks=tasks)
-    grid, ex = parse_axes(DEFAULT_AXES if axes is None else axes), _check_executor(**_split(kwargs, _check_executor))
+    grid, ex = parse_axes(DEFAULT_AXES if axes is None else axes), executor_options(**_split(kwargs, executor_options))
     return run_sweep(o, grid, parse_seeds(seeds), train_variant(algorithm, o.regularizer), check_name(name), check_number(fresh, '--fresh', 0, integer=True),
                      (*ex, kwargs.get('parallel')))
 
 # %% ../nbs/13_cli.ipynb #226ddc78
-@delegates(_check_executor)
+_NOT_MATRIX = ('preset', 'data', 'regularizer', 'strength', 'ways', 'shots', 'queries', 'workers')  # run_options' options a matrix does not take
+
+@_options(run_options, executor_options, but=_NOT_MATRIX)  # the size and run options `study` has, and the executor's
 def matrix(archs:str='conv4,resnet12,mlp', # architectures: conv4, resnet12, mlp (the MLP runs sinusoid; conv4 and resnet12 run the image families)
            families:str='glyphs,sinusoid', # data families: glyphs, sinusoid, omniglot and miniimagenet (these two need --data)
            algorithms:str='maml,fomaml', # maml, fomaml
            seeds:str='0,1,2', # seeds per cell (claims 3 and 4 need >= 3)
            data:str=None, # folders of the families on disk, e.g. 'omniglot=/data/omniglot-py,miniimagenet=/data/mini'
            width:int=None, # network width: conv4 hidden channels (default 32), resnet12 first block (default 16; then x2.5, x5, x10), mlp hidden units (default 40)
-           iters:int=None, # meta-training iterations of every cell (default: its family preset's)
-           meta_batch:int=None, # tasks per meta-iteration
-           checkpoints:int=None, # evenly spaced checkpoints per run
            tasks:int=None, # meta-test tasks analysed per checkpoint
            fresh:int=0, # fresh meta-test tasks scored per run (claim 2's premise uses them from 600 on)
-           out:str='runs', # output folder: the matrix goes to OUT/matrix, one study folder per cell
-           device:str='auto', # auto, cpu, cuda or cuda:N
-           no_resume:store_true=False, # refuse to continue existing runs (default: resume; finished runs are skipped)
-           quiet:store_true=False, # no progress bars
-           **kwargs, # the executor's options (`_check_executor`)
+           **kwargs, # `run_options`' size options (iters, meta_batch, checkpoints, threads), out, device, no_resume, quiet; the executor's
           ):
     "The falsification matrix: architecture x data family x algorithm, each cell a small study with the claims that apply; heatmaps and a table."
     from metanb.matrix import run_matrix, matrix_cells, parse_data
-    d = parse_data(data)
-    cells, sd, ex = matrix_cells(archs, families, algorithms, d), parse_seeds(seeds), _check_executor(**kwargs)
-    return run_matrix(cells, sd, check_out(out)/'matrix', check_number(width, '--width', 1, integer=True), d, check_device(device),
-                      check_number(fresh, '--fresh', 0, integer=True), (*ex, kwargs.get('parallel')), quiet, no_resume,
-                      iters=iters, meta_batch=meta_batch, checkpoints=checkpoints, tasks=tasks)
+    o, d = _split(kwargs, run_options), parse_data(data)
+    cells, sd, ex = matrix_cells(archs, families, algorithms, d), parse_seeds(seeds), executor_options(**_split(kwargs, executor_options))
+    return run_matrix(cells, sd, check_out(o.pop('out', 'runs'))/'matrix', check_number(width, '--width', 1, integer=True), d, check_device(o.pop('device', 'auto')),
+                      check_number(fresh, '--fresh', 0, integer=True), (*ex, kwargs.get('parallel')), o.pop('quiet', False), o.pop('no_resume', False), tasks=tasks, **o)
 
 # %% ../nbs/13_cli.ipynb #2f53c1b4
 def _check_runs(runs:list, need:str, option:str='RUN') -> list[Path]:
@@ -287,7 +257,7 @@ def _analysis_defaults(f):
     f.__signature__ = sig.replace(parameters=[p.replace(default=d.get(k, p.default)) for k, p in sig.parameters.items()])
     return f
 
-@delegates(_check_executor)
+@delegates(executor_options)
 def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
             tasks:int=None, # meta-test tasks per checkpoint
             seed:int=None, # seed of the meta-test task family (the same tasks at every checkpoint)
@@ -300,7 +270,7 @@ def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
             threads:int=None, # torch threads (default: torch's)
             force:store_true=False, # recompute cached checkpoints
             quiet:store_true=False, # no progress bar
-              **kwargs, # the executor's options (declared once, with their help, on `_check_executor`)
+              **kwargs, # the executor's options (declared once, with their help, on `executor_options`)
            ):
     "Analyse every checkpoint of each run (cached: a re-run computes only what changed)."
     opts = dict(locals())  # the options as given
@@ -314,7 +284,7 @@ def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
     check_option('threads', threads)
     cfg = AnalysisConfig(**{option_field(o): v for o, v in given.items()},
                          hessian=not no_hessian, trace=trace, device=check_device(device))
-    ex, sl = _check_executor(**kwargs)
+    ex, sl = executor_options(**kwargs)
     jobs = [Job(str(d), cfg, threads=threads, force=force) for d in dirs]
     ok, missing = _run_study_jobs(jobs, ex, kwargs.get('parallel'), sl, quiet)
     for d in ok: _say(f"analysis: {d/'analysis'/'summary.csv'}")

@@ -286,7 +286,7 @@ def _ranking_section(stats:pd.DataFrame, at:str, table:pd.DataFrame, axes:Sequen
     n = table.dropna(subset=[f'generalization{sfx}'])
     per = n[list(axes)].astype(str).value_counts()
     head = 'the final checkpoint' if at == 'final' else 'the validation peak (the first checkpoint at or after it)'
-    lines = [f'## Measures at {head}', '', f"Generalization: {n['target'].iloc[0]} on {n[f'source{sfx}'].iloc[0]}; "
+    lines = [f'## Measures at {head}', '', f"Generalization: {n['target'].iloc[0]}{' (regression: lower is better)' if n['sign'].iloc[0] < 0 else ''} on {n[f'source{sfx}'].iloc[0]}; "
              f"{len(n)} runs, {len(per)} grid points. Best first (by Psi, then tau); CIs from resampling seeds.", '',
              md_table(ranking_markdown(rank)), '', f'![sweep at {at}](figures/{fig.name})', '', '### What this grid can decide', '',
              *reading(rank, len(per), int(per.min())), '']
@@ -318,7 +318,7 @@ def run_sweep(o, # the checked `metanb.cli.RunOptions`
     from metanb import cli
     from metanb.presets import OptionError
     s, (ex, sl, parallel) = o.settings, executor
-    root = o.out/f"sweep-{name or s['preset']}"
+    root = o.out/f"sweep-{name or s['preset'].removeprefix('sweep-')}"
     try: jobs = sweep_jobs(s, grid, seeds, root, variant, o.device, s.get('fresh', 0) if fresh is None else fresh)
     except ValueError as e: raise OptionError('--axes', str(e)) from None
     if o.no_resume: cli._fresh([Path(j.run_dir) for j in jobs])
