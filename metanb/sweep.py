@@ -6,12 +6,12 @@
 from __future__ import annotations
 import itertools, math, re
 from dataclasses import dataclass, fields, asdict
-from pathlib import Path
 from typing import Sequence
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from pathlib import Path
 from .train import TrainConfig
 from .measures import seed_arrays, grid_statistics
 
@@ -266,17 +266,18 @@ def ranking_markdown(rank:pd.DataFrame) -> pd.DataFrame:
     return out
 
 def reading(rank:pd.DataFrame, n_points:int, seeds:int) -> list[str]:
-    "Honest lines on what the grid can decide: which measures' tau CI excludes 0, and what the size of the grid allows."
-    pos = [r.label for r in rank.itertuples() if r.tau_low > 0]
-    neg = [r.label for r in rank.itertuples() if r.tau_high < 0]
-    none = [r.label for r in rank.itertuples() if not (r.tau_low > 0 or r.tau_high < 0)]
+    "Honest lines on what the grid can decide: which measures' tau CI excludes 0 (none with one seed per point), and what the grid's size allows."
+    pos = [r.label for r in rank.itertuples() if seeds > 1 and r.tau_low > 0]
+    neg = [r.label for r in rank.itertuples() if seeds > 1 and r.tau_high < 0]
+    none = [l for l in rank['label'] if l not in pos + neg]
     out = [f"- Ranks generalization as expected (tau CI above 0): {', '.join(pos) or 'no measure'}.",
            f"- Ranks it the wrong way (tau CI below 0): {', '.join(neg) or 'no measure'}."]
-    if none: out.append(f"- The grid does not rank by {', '.join(none)}: their tau CI spans 0 (no evidence either way at this size, not evidence of no link).")
-    if seeds < 3: out.append(f"- {seeds} seed(s) per point: the seed-resampling CIs have few distinct draws and understate the uncertainty; use >= 3 seeds.")
+    if none and seeds > 1: out.append(f"- The grid does not rank by {', '.join(none)}: their tau CI spans 0 (no evidence either way at this size, not evidence of no link).")
+    if seeds < 2: out.append("- One seed per point: resampling seeds cannot vary anything, so the intervals above are not CIs and the grid decides nothing; use >= 3 seeds.")
+    elif seeds < 3: out.append(f"- {seeds} seeds per point: the seed-resampling CIs have few distinct draws and understate the uncertainty; use >= 3 seeds.")
     if n_points < 4: out.append(f"- {n_points} grid points: tau over so few points moves in steps of {2 / max(1, n_points * (n_points - 1)):.2f}; a wider grid ranks more finely.")
     return out
-#| export
+
 def _ranking_section(stats:pd.DataFrame, at:str, table:pd.DataFrame, axes:Sequence[str], root:Path) -> tuple[list[str], pd.DataFrame]:
     "The report's section for one checkpoint choice ('final' or 'peak'): the table, the figure and the reading; and the ranking."
     from metanb.report import md_table
