@@ -4,6 +4,7 @@
 
 # %% ../nbs/15b_matrix.ipynb #2e5a9ccb
 from __future__ import annotations
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -127,7 +128,7 @@ def plot_claim(m:pd.DataFrame, # the matrix table (`MATRIX_COLUMNS`)
         if col: ax.add_patch(Rectangle((j - .48, i - .48), .96, .96, fill=False, ec=col, lw=2.5))
     ax.set_xticks(range(len(xs)), xs); ax.set_yticks(range(len(ys)), ys); fig.colorbar(im, ax=ax, shrink=0.8, label='effect')
     eff = next((e for e in d['effect'] if isinstance(e, str) and e), '')
-    ax.set_title(f'claim {row}' + (f': {eff[:60]}' if eff else ''), fontsize=8)
+    ax.set_title(textwrap.fill(f'claim {row}' + (f': {eff}' if eff else ''), 60), fontsize=8)
     return fig
 
 # %% ../nbs/15b_matrix.ipynb #aa086f7a
