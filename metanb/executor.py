@@ -10,7 +10,7 @@ from pathlib import Path
 from .core import write_text, torch_threads
 
 # %% auto #0
-__all__ = ['EXECUTORS', 'Job', 'run_job', 'SlurmOptions', 'local_workers', 'run_jobs']
+__all__ = ['EXECUTORS', 'Job', 'run_job', 'SlurmOptions', 'local_workers', 'executor_options', 'run_jobs']
 
 # %% ../nbs/12a_executor.ipynb #483be08b
 @dataclass(eq=False)
@@ -107,6 +107,32 @@ def local_workers(threads:int|None, n_jobs:int) -> int:
     "Worker processes of the local executor: the cores this process may use over the threads per run, at most one per job."
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     return max(1, min(n_jobs, cores // max(1, threads or 1)))
+
+# %% ../nbs/12a_executor.ipynb #fcab0923
+def executor_options(executor:str='local', # local (worker processes, one run each), slurm (a submitit job array) or inline (this process, one run after another)
+                     parallel:int=None, # local: runs at once (default: the cores over the threads per run)
+                     partition:str=None, # slurm: the partition (default: the cluster's)
+                     time_min:int=60, # slurm: time limit per run, minutes (>= 3)
+                     cpus:int=None, # slurm: CPUs per run (default: the threads per run)
+                     gpus:int=0, # slurm: GPUs per run
+                     mem_gb:float=None, # slurm: memory per run, GB
+                     max_parallel:int=None, # slurm: at most this many runs at once
+                     sbatch:str=None, # slurm: extra sbatch flags, e.g. '--qos=high --account=lab'
+                   ):
+    "The executor's name and its `SlurmOptions`, every option checked (`OptionError`); under torchrun, inline (every rank runs each job). Declared once: the commands that run jobs take these options (their comments are the `--help`)."
+    from metanb.presets import OptionError, require, check_number
+    ex = str(executor).strip().lower()
+    require(ex in EXECUTORS, '--executor', f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    check_number(parallel, '--parallel', 1, integer=True); check_number(time_min, '--time_min', 3, integer=True)
+    check_number(cpus, '--cpus', 1, integer=True); check_number(gpus, '--gpus', 0, integer=True)
+    check_number(mem_gb, '--mem_gb', 0, open_lo=True); check_number(max_parallel, '--max_parallel', 1, integer=True)
+    if ex == 'slurm':
+        import shutil
+        try: import submitit  # noqa: F401
+        except ImportError: raise OptionError('--executor', "slurm needs submitit: pip install submitit") from None
+        require(shutil.which('sbatch') is not None, '--executor', "slurm: no sbatch on PATH (run on a SLURM login node, or use --executor local)")
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1: ex = 'inline'
+    return ex, SlurmOptions(partition, time_min, cpus, gpus, mem_gb, max_parallel, sbatch)
 
 # %% ../nbs/12a_executor.ipynb #c0560bad
 def _one_line(e:BaseException) -> str:

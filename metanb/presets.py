@@ -41,6 +41,14 @@ PRESETS['glyphs-overfit'] = dict(  # the paper's regime on the embedded data: MA
 PRESETS['tiny'] = dict(dataset='sinusoid', n_way=2, shots=5, queries=10, meta_iters=40, meta_batch=4, inner_lr=0.01, inner_steps_train=1,
                        inner_steps_test=5, outer_lr=1e-3, model_kwargs={'sizes': [1, 16, 16, 1]}, checkpoints=6, n_tasks=6, tol=1e-2,
                        variants=('maml', 'finetune', 'maml+coherence_step'), reg_strength=0.1, threads=1, needs_data=False)  # for tests: seconds
+PRESETS['sweep-glyphs'] = dict(  # the base of `metanb sweep`: small and validated, so a grid of runs fits a CPU (see metanb.sweep)
+    dataset='glyphs', data_kwargs={'fonts': 'matplotlib'}, n_way=5, shots=1, queries=5, meta_iters=300, meta_batch=4, inner_lr=0.4,
+    inner_steps_train=1, inner_steps_test=5, outer_lr=1e-3, model_kwargs={'hidden': 32}, checkpoints=4, n_tasks=8, tol=1e-2,
+    variants=('maml',), reg_strength=0.1, threads=1, needs_data=False, val_every=50, val_tasks=50, fresh=200)
+PRESETS['sinusoid'] = dict(  # sinusoid regression at a small size (the matrix's regression family; see metanb.matrix)
+    dataset='sinusoid', n_way=2, shots=5, queries=10, meta_iters=500, meta_batch=8, inner_lr=0.01, inner_steps_train=1, inner_steps_test=5,
+    outer_lr=1e-3, model_kwargs={'sizes': [1, 40, 40, 1]}, checkpoints=6, n_tasks=16, tol=1e-2, variants=('maml',), reg_strength=0.1,
+    threads=1, needs_data=False, fresh=200)
 FRESH_TASKS = 600  # fresh meta-test tasks per run at its final checkpoint (claim 6: the paper's 600-task protocol)
 
 class OptionField(NamedTuple):

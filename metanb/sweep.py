@@ -11,12 +11,15 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from pathlib import Path
 from .train import TrainConfig
 from .measures import seed_arrays, grid_statistics
 
 # %% auto #0
-__all__ = ['AXIS_ALIASES', 'TARGET', 'DIRECTIONS', 'LABELS', 'axis_path', 'Grid', 'run_name', 'apply_point', 'grid_configs',
-           'run_rows', 'sweep_statistics', 'ranking', 'measure_table', 'plot_sweep']
+__all__ = ['AXIS_ALIASES', 'TARGET', 'DIRECTIONS', 'LABELS', 'DEFAULT_AXES', 'axis_path', 'Grid', 'run_name', 'apply_point',
+           'grid_configs', 'run_rows', 'sweep_statistics', 'ranking', 'measure_table', 'plot_sweep', 'parse_axes',
+           'point_settings', 'sweep_jobs', 'sweep_runs', 'sweep_rankings', 'ranking_markdown', 'reading',
+           'write_sweep_report', 'run_sweep']
 
 # %% ../nbs/15a_sweep.ipynb #ff28c2b7
 AXIS_ALIASES = {'width': 'model_kwargs.hidden', 'n_train_classes': 'data_kwargs.train_classes'}
@@ -165,3 +168,167 @@ def plot_sweep(stats:pd.DataFrame, # from `sweep_statistics`
         ax.axvline(0, color='k', lw=0.8); ax.set_xlim(-1.05, 1.05)
         ax.set_title('$\\Psi$ (mean over axes)' if stat == 'psi' else f'varying {axis}', fontsize=10); ax.set_xlabel("Kendall's tau")
     return fig
+
+# %% ../nbs/15a_sweep.ipynb #7f1c943b
+DEFAULT_AXES = 'inner_lr=0.1,0.4;width=16,32'  # the default grid of `metanb sweep`: 4 points
+
+def parse_axes(text:str, option:str='--axes') -> Grid:
+    "'inner_lr=0.1,0.4;width=16,32' as a `Grid` (values read as numbers where they parse), or an `OptionError` naming `option`."
+    from metanb.presets import OptionError
+    def val(x):
+        for t in (int, float):
+            try: return t(x)
+            except ValueError: pass
+        return x
+    try:
+        axes = {}
+        for part in filter(str.strip, str(text).split(';')):
+            a, eq, vs = part.partition('=')
+            if not eq: raise ValueError(f"{part.strip()!r} is not AXIS=V1,V2")
+            axes[a.strip()] = [val(v.strip()) for v in vs.split(',') if v.strip()]
+        return Grid(axes)
+    except ValueError as e: raise OptionError(option, f"{e} (e.g. --axes 'inner_lr=0.1,0.4;width=16,32')") from None
+
+# %% ../nbs/15a_sweep.ipynb #40a71b20
+def point_settings(s:dict, # a study's settings (`metanb.presets.resolve_settings`)
+                   point:dict, variant:str='maml') -> dict:
+    "The settings `s` with a grid point's values set; an axis the study sets itself (the seed, the algorithm, ...) is an error."
+    from metanb.presets import train_config
+    out = dict(s)
+    for a, v in point.items():
+        field, key = axis_path(a)
+        out[field] = {**out.get(field, {}), key: v} if key else v
+    want, got = apply_point(train_config(s, variant, 0), point, 0), train_config(out, variant, 0)
+    bad = [a for a in point if getattr(want, axis_path(a)[0]) != getattr(got, axis_path(a)[0])]
+    if bad: raise ValueError(f"axis {bad[0]!r} is set by the study itself (algorithm, regularizer, checkpoints, seed, device): sweep another field")
+    return out
+
+def sweep_jobs(s:dict, grid:Grid, seeds:Sequence[int], root:Path, variant:str='maml', device:str='cpu', fresh:int=0) -> list:
+    "One `metanb.executor.Job` per (grid point, seed): the run `root/RUN_NAME`, trained with the point's settings and analysed."
+    from metanb.executor import Job
+    from metanb.presets import analysis_config
+    return [Job(str(root/run_name(p, seed)), analysis_config(ps, device), ps, variant, seed, device, ps.get('threads'), fresh=fresh)
+            for p in grid.points for ps in [point_settings(s, p, variant)] for seed in seeds]
+
+# %% ../nbs/15a_sweep.ipynb #7caa5b5a
+def _generalization(ckpt:pd.DataFrame) -> tuple[str, int]:
+    "A run's generalization measure and its sign: query accuracy (+1), or the query loss of regression runs (-1: lower is better)."
+    return (TARGET, 1) if TARGET in set(ckpt['measure']) else ('query_loss', -1)
+
+def _measures_at(ckpt:pd.DataFrame, step:int, fresh:Path, target:str) -> dict:
+    "The measures of one run at checkpoint `step`; generalization on the fresh tasks of file `fresh` when they were scored there, else on the analysis tasks."
+    v = ckpt[ckpt['step'] == step].groupby('measure')['value'].first()
+    out = {m: float(v.get(m, np.nan)) for m in DIRECTIONS if m != 'top_eig_per_loss'}
+    out['top_eig_per_loss'] = out['top_eig'] / out['support_loss']
+    col = 'acc' if target == TARGET else 'loss'
+    t = pd.read_csv(fresh) if fresh.is_file() else None
+    if t is not None and col in t and len(t) and (t['step'] == step).all(): return out | dict(generalization=float(t[col].mean()), source=f'{len(t)} fresh tasks')
+    return out | dict(generalization=float(v.get(target, np.nan)), source='analysis tasks')
+
+def sweep_runs(runs:Sequence[dict]) -> pd.DataFrame:
+    "One row per finished run (`{run_dir, point, seed}`): axes, seed, generalization and measures at the final checkpoint and (suffix `_peak`) at the validation peak."
+    from metanb.analysis import load_analysis, peak_checkpoint
+    rows = []
+    for r in runs:
+        d = Path(r['run_dir']); ckpt = load_analysis(d)[1]
+        target, sign = _generalization(ckpt)
+        final, peak = int(ckpt['step'].max()), peak_checkpoint(d)
+        row = dict(run=d.name, **r['point'], seed=r['seed'], target=target, sign=sign, final_step=final, peak_step=peak,
+                   **_measures_at(ckpt, final, d/'analysis'/'fresh_tasks.csv', target))
+        if peak is not None and peak in set(ckpt['step']):
+            row |= {f'{k}_peak': v for k, v in _measures_at(ckpt, peak, d/'analysis'/'fresh_tasks_peak.csv', target).items()}
+        rows.append(row)
+    return pd.DataFrame(rows)
+#| export
+def sweep_rankings(table:pd.DataFrame, # from `sweep_runs`
+                   axes:Sequence[str], n_boot:int=1000) -> dict:
+    "`{'final'|'peak': sweep_statistics}` of the run table: each measure against generalization, at the final checkpoint and at the validation peak."
+    out = {}
+    for at, sfx in (('final', ''), ('peak', '_peak')):
+        cols = {f'{m}{sfx}': m for m in [*DIRECTIONS, 'generalization']}
+        if f'generalization{sfx}' not in table: continue
+        df = table[[*axes, 'seed', *[c for c in cols if c in table]]].rename(columns=cols).dropna(subset=['generalization'])
+        ms = [m for m in DIRECTIONS if m in df and df[m].notna().any()]
+        if len(df) < 2 or not ms: continue
+        try: out[at] = sweep_statistics(df, axes, ms, target='generalization', target_sign=int(table['sign'].iloc[0]), n_boot=n_boot)
+        except ValueError: continue  # e.g. the peak runs no longer span two values of an axis
+    return out
+
+# %% ../nbs/15a_sweep.ipynb #ef53a435
+def _ci(est, lo, hi) -> str: return 'nan' if not np.isfinite(est) else f'{est:.2f} [{lo:.2f}, {hi:.2f}]'
+
+def ranking_markdown(rank:pd.DataFrame) -> pd.DataFrame:
+    "The ranking table as the report shows it: tau, Psi and the sign-errors with their CIs, the granulated tau per axis."
+    out = pd.DataFrame({'measure': rank['label'], 'direction': rank['direction'].map({1: 'higher', -1: 'lower'})})
+    for c, name in (('tau', 'tau'), ('psi', 'Psi'), ('sign_error', 'sign-error (mean)'), ('sign_error_worst', 'sign-error (worst)')):
+        out[name] = [_ci(*v) for v in rank[[c, c + '_low', c + '_high']].to_numpy(float)]
+    for c in [c for c in rank if c.startswith('tau[')]: out[c] = rank[c].map(lambda v: f'{v:.2f}')
+    return out
+
+def reading(rank:pd.DataFrame, n_points:int, seeds:int) -> list[str]:
+    "Honest lines on what the grid can decide: which measures' tau CI excludes 0 (none with one seed per point), and what the grid's size allows."
+    pos = [r.label for r in rank.itertuples() if seeds > 1 and r.tau_low > 0]
+    neg = [r.label for r in rank.itertuples() if seeds > 1 and r.tau_high < 0]
+    none = [l for l in rank['label'] if l not in pos + neg]
+    out = [f"- Ranks generalization as expected (tau CI above 0): {', '.join(pos) or 'no measure'}.",
+           f"- Ranks it the wrong way (tau CI below 0): {', '.join(neg) or 'no measure'}."]
+    if none and seeds > 1: out.append(f"- The grid does not rank by {', '.join(none)}: their tau CI spans 0 (no evidence either way at this size, not evidence of no link).")
+    if seeds < 2: out.append("- One seed per point: resampling seeds cannot vary anything, so the intervals above are not CIs and the grid decides nothing; use >= 3 seeds.")
+    elif seeds < 3: out.append(f"- {seeds} seeds per point: the seed-resampling CIs have few distinct draws and understate the uncertainty; use >= 3 seeds.")
+    if n_points < 4: out.append(f"- {n_points} grid points: tau over so few points moves in steps of {2 / max(1, n_points * (n_points - 1)):.2f}; a wider grid ranks more finely.")
+    return out
+
+def _ranking_section(stats:pd.DataFrame, at:str, table:pd.DataFrame, axes:Sequence[str], root:Path) -> tuple[list[str], pd.DataFrame]:
+    "The report's section for one checkpoint choice ('final' or 'peak'): the table, the figure and the reading; and the ranking."
+    from metanb.report import md_table
+    from metanb.plots import save_figure
+    rank, fig, sfx = ranking(stats), root/'figures'/f'sweep_{at}.png', '_peak' if at == 'peak' else ''
+    save_figure(plot_sweep(stats), fig, dpi=100)
+    n = table.dropna(subset=[f'generalization{sfx}'])
+    per = n[list(axes)].astype(str).value_counts()
+    head = 'the final checkpoint' if at == 'final' else 'the validation peak (the first checkpoint at or after it)'
+    lines = [f'## Measures at {head}', '', f"Generalization: {n['target'].iloc[0]}{' (regression: lower is better)' if n['sign'].iloc[0] < 0 else ''} on {n[f'source{sfx}'].iloc[0]}; "
+             f"{len(n)} runs, {len(per)} grid points. Best first (by Psi, then tau); CIs from resampling seeds.", '',
+             md_table(ranking_markdown(rank)), '', f'![sweep at {at}](figures/{fig.name})', '', '### What this grid can decide', '',
+             *reading(rank, len(per), int(per.min())), '']
+    return lines, rank.assign(at=at)
+
+def write_sweep_report(table:pd.DataFrame, # from `sweep_runs`
+                       axes:Sequence[str], root:Path, title:str, missing:Sequence[str]=(), n_boot:int=1000) -> Path:
+    "Write root/report.md, runs.csv (one row per run) and measures.csv (the rankings at the final checkpoint and the peak)."
+    from metanb.core import write_text
+    root = Path(root); write_text(root/'runs.csv', table.to_csv(index=False))
+    lines, ranks = [f'# {title}', '', f"Axes: {', '.join(f'{a} = {sorted(set(table[a]), key=str)}' for a in axes)}; seeds: {sorted(set(table['seed']))}; "
+                    f"runs: {len(table)}. One row per run: runs.csv; the rankings: measures.csv.", ''], []
+    stats = sweep_rankings(table, axes, n_boot)
+    for at, st in stats.items(): l, r = _ranking_section(st, at, table, axes, root); lines += l; ranks.append(r)
+    if 'peak' not in stats: lines += ['## Measures at the validation peak', '', 'Not measured: the runs have no validation accuracy curve '
+                                      '(train with val_every > 0; regression runs record only a validation loss).', '']
+    if missing: lines += ['## Missing runs', '', f"Not in the tables (they did not finish): {', '.join(missing)}. Run the same command again to finish them.", '']
+    write_text(root/'measures.csv', pd.concat(ranks, ignore_index=True).to_csv(index=False) if ranks else 'at,measure\n')
+    write_text(root/'report.md', '\n'.join(lines))
+    return root/'report.md'
+
+# %% ../nbs/15a_sweep.ipynb #7d860abc
+def run_sweep(o, # the checked `metanb.cli.RunOptions`
+              grid:Grid, seeds:Sequence[int], variant:str='maml', name:str|None=None,
+              fresh:int|None=None, # fresh meta-test tasks per run (None: the preset's, else 0)
+              executor:tuple=('inline', None, None), # (name, SlurmOptions, local workers) from the cli's executor options
+              n_boot:int=1000) -> Path|None:
+    "`metanb sweep`: one run per grid point and seed through the study executor (finished runs are skipped), then the report; its path."
+    from metanb import cli
+    from metanb.presets import OptionError
+    s, (ex, sl, parallel) = o.settings, executor
+    root = o.out/f"sweep-{name or s['preset'].removeprefix('sweep-')}"
+    try: jobs = sweep_jobs(s, grid, seeds, root, variant, o.device, s.get('fresh', 0) if fresh is None else fresh)
+    except ValueError as e: raise OptionError('--axes', str(e)) from None
+    if o.no_resume: cli._fresh([Path(j.run_dir) for j in jobs])
+    cli._say(f"metanb sweep: {len(grid)} points x {len(seeds)} seeds = {len(jobs)} runs of preset {s['preset']} ({variant}) -> {root} ({ex} executor)")
+    dirs, missing = cli._run_study_jobs(jobs, ex, parallel, sl, o.quiet)
+    if not cli._main_rank(): return None
+    done = {str(d) for d in dirs}
+    runs = [dict(run_dir=j.run_dir, point=p, seed=j.seed) for j, p in zip(jobs, [p for p in grid.points for _ in seeds]) if j.run_dir in done]
+    rep = write_sweep_report(sweep_runs(runs), list(grid.axes), root, f"metanb sweep: {root.name}", missing, n_boot)
+    cli._say(f"report: {rep}")
+    if missing: cli._incomplete(missing, len(jobs))
+    return rep
