@@ -193,7 +193,7 @@ def train_run(name:str=None, # run directory name under OUT (default VARIANT-sSE
 # %% ../nbs/13_cli.ipynb #610566cc
 @_options(run_options, executor_options)  # the shared options (their --preset replaced), and the executor's
 def sweep(preset:str='sweep-glyphs', # base settings (default sweep-glyphs: Conv4 hidden 32, 5-way 1-shot, 300 iterations, validated every 50); any study preset
-          axes:str=None, # the grid: 'AXIS=V1,V2;AXIS=...', a TrainConfig field, FIELD.KEY of a dict field, or width / n_train_classes (default 'inner_lr=0.1,0.4;width=16,32')
+          axes:str=None, # the grid: 'AXIS=V1,V2;AXIS=...', a TrainConfig field, FIELD.KEY of a dict field, or width / n_train_classes (default 'inner_lr=0.1,0.2,0.4;width=8,16,32')
           seeds:str='0,1,2', # seeds of every grid point, e.g. '0,1,2' or '0-4'
           name:str=None, # the sweep goes to OUT/sweep-NAME (default: the preset's name)
           algorithm:str='maml', # maml or fomaml (--regularizer regularizes it)

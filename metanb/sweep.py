@@ -18,8 +18,8 @@ from .measures import seed_arrays, grid_statistics
 # %% auto #0
 __all__ = ['AXIS_ALIASES', 'TARGET', 'DIRECTIONS', 'LABELS', 'DEFAULT_AXES', 'axis_path', 'Grid', 'run_name', 'apply_point',
            'grid_configs', 'run_rows', 'sweep_statistics', 'ranking', 'measure_table', 'plot_sweep', 'parse_axes',
-           'point_settings', 'sweep_jobs', 'sweep_runs', 'sweep_rankings', 'ranking_markdown', 'reading',
-           'write_sweep_report', 'run_sweep']
+           'point_settings', 'sweep_jobs', 'sweep_runs', 'sweep_rankings', 'min_grid_points', 'grid_pvalues',
+           'ranking_markdown', 'reading', 'write_sweep_report', 'run_sweep']
 
 # %% ../nbs/15a_sweep.ipynb #ff28c2b7
 AXIS_ALIASES = {'width': 'model_kwargs.hidden', 'n_train_classes': 'data_kwargs.train_classes'}
@@ -170,7 +170,7 @@ def plot_sweep(stats:pd.DataFrame, # from `sweep_statistics`
     return fig
 
 # %% ../nbs/15a_sweep.ipynb #7f1c943b
-DEFAULT_AXES = 'inner_lr=0.1,0.4;width=16,32'  # the default grid of `metanb sweep`: 4 points
+DEFAULT_AXES = 'inner_lr=0.1,0.2,0.4;width=8,16,32'  # the default grid of `metanb sweep`: 9 points, enough for the grid test to decide (`min_grid_points`)
 
 def parse_axes(text:str, option:str='--axes') -> Grid:
     "'inner_lr=0.1,0.4;width=16,32' as a `Grid` (values read as numbers where they parse), or an `OptionError` naming `option`."
@@ -254,6 +254,27 @@ def sweep_rankings(table:pd.DataFrame, # from `sweep_runs`
         except ValueError: continue  # e.g. the peak runs no longer span two values of an axis
     return out
 
+# %% ../nbs/15a_sweep.ipynb #b41f0a02
+def min_grid_points(alpha:float=0.05, n_measures:int=1) -> int:
+    "The fewest grid points over which Kendall's exact two-sided test can reach p < alpha / n_measures (its smallest p is 2/n!)."
+    n = 2
+    while 2 / math.factorial(n) >= alpha / n_measures: n += 1
+    return n
+
+def grid_pvalues(table:pd.DataFrame, # one row per run: the axes, the measures and `generalization`
+                 axes:Sequence[str], measures:Sequence[str], target_sign:int=1, directions:dict|None=None) -> pd.DataFrame:
+    "Per measure: Kendall's tau over the grid points' means (seeds averaged), its exact two-sided p and Holm's p over the measures."
+    from scipy.stats import kendalltau
+    from metanb.stats import holm
+    d, g = {**DIRECTIONS, **(directions or {})}, table.groupby(list(axes), sort=True)[[*measures, 'generalization']].mean()
+    rows = []
+    for m in measures:
+        ok = g[[m, 'generalization']].dropna()
+        r = kendalltau(d.get(m, 1) * ok[m], target_sign * ok['generalization']) if len(ok) > 2 else None
+        rows.append(dict(measure=m, n_points=len(ok), tau_grid=r.statistic if r else np.nan, p_grid=r.pvalue if r else np.nan))
+    out = pd.DataFrame(rows)
+    return out.assign(p_holm=holm(out['p_grid'].to_numpy()))
+
 # %% ../nbs/15a_sweep.ipynb #ef53a435
 def _ci(est, lo, hi) -> str: return 'nan' if not np.isfinite(est) else f'{est:.2f} [{lo:.2f}, {hi:.2f}]'
 
@@ -262,35 +283,47 @@ def ranking_markdown(rank:pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({'measure': rank['label'], 'direction': rank['direction'].map({1: 'higher', -1: 'lower'})})
     for c, name in (('tau', 'tau'), ('psi', 'Psi'), ('sign_error', 'sign-error (mean)'), ('sign_error_worst', 'sign-error (worst)')):
         out[name] = [_ci(*v) for v in rank[[c, c + '_low', c + '_high']].to_numpy(float)]
+    if 'p_holm' in rank: out['p (grid)'] = rank['p_holm'].map(lambda v: f'{v:.2g}')
     for c in [c for c in rank if c.startswith('tau[')]: out[c] = rank[c].map(lambda v: f'{v:.2f}')
     return out
 
-def reading(rank:pd.DataFrame, n_points:int, seeds:int) -> list[str]:
-    "Honest lines on what the grid can decide: which measures' tau CI excludes 0 (none with one seed per point), and what the grid's size allows."
-    pos = [r.label for r in rank.itertuples() if seeds > 1 and r.tau_low > 0]
-    neg = [r.label for r in rank.itertuples() if seeds > 1 and r.tau_high < 0]
+def reading(rank:pd.DataFrame, # `ranking` with `p_holm` (from `grid_pvalues`)
+            n_points:int, seeds:int, alpha:float=0.05) -> list[str]:
+    "Honest lines on what the grid can decide: a verdict where the seeds' tau CI excludes 0 and the grid's exact test (Holm) rejects; else why not."
+    dec = lambda r: seeds > 1 and r.p_holm < alpha
+    pos = [r.label for r in rank.itertuples() if dec(r) and r.tau_low > 0]
+    neg = [r.label for r in rank.itertuples() if dec(r) and r.tau_high < 0]
     none = [l for l in rank['label'] if l not in pos + neg]
-    out = [f"- Ranks generalization as expected (tau CI above 0): {', '.join(pos) or 'no measure'}.",
-           f"- Ranks it the wrong way (tau CI below 0): {', '.join(neg) or 'no measure'}."]
-    if none and seeds > 1: out.append(f"- The grid does not rank by {', '.join(none)}: their tau CI spans 0 (no evidence either way at this size, not evidence of no link).")
+    out = [f"- Ranks generalization as expected (tau CI above 0, grid test p_holm < {alpha}): {', '.join(pos) or 'no measure'}.",
+           f"- Ranks it the wrong way (tau CI below 0, grid test p_holm < {alpha}): {', '.join(neg) or 'no measure'}."]
+    need = min_grid_points(alpha, len(rank))
+    if none and seeds > 1: out.append(f"- Cannot decide for {', '.join(none)}: their tau CI spans 0 or the grid's test does not reject (no evidence either way at this size, not evidence of no link).")
+    if n_points < need: out.append(f"- {n_points} grid points: Kendall's test over them cannot reach p < {alpha} for {len(rank)} measures (its smallest p is 2/{n_points}! = {2 / math.factorial(n_points):.3f}); "
+                                   f"a grid of at least {need} points decides (e.g. three values on one axis and two on another).")
     if seeds < 2: out.append("- One seed per point: resampling seeds cannot vary anything, so the intervals above are not CIs and the grid decides nothing; use >= 3 seeds.")
     elif seeds < 3: out.append(f"- {seeds} seeds per point: the seed-resampling CIs have few distinct draws and understate the uncertainty; use >= 3 seeds.")
-    if n_points < 4: out.append(f"- {n_points} grid points: tau over so few points moves in steps of {2 / max(1, n_points * (n_points - 1)):.2f}; a wider grid ranks more finely.")
     return out
 
 def _ranking_section(stats:pd.DataFrame, at:str, table:pd.DataFrame, axes:Sequence[str], root:Path) -> tuple[list[str], pd.DataFrame]:
     "The report's section for one checkpoint choice ('final' or 'peak'): the table, the figure and the reading; and the ranking."
     from metanb.report import md_table
     from metanb.plots import save_figure
-    rank, fig, sfx = ranking(stats), root/'figures'/f'sweep_{at}.png', '_peak' if at == 'peak' else ''
+    fig, sfx = root/'figures'/f'sweep_{at}.png', '_peak' if at == 'peak' else ''
     save_figure(plot_sweep(stats), fig, dpi=100)
     n = table.dropna(subset=[f'generalization{sfx}'])
+    ms = list(dict.fromkeys(stats['measure']))
+    cols = n[[*axes, *[f'{m}{sfx}' for m in ms], f'generalization{sfx}']].set_axis([*axes, *ms, 'generalization'], axis=1)
+    rank = ranking(stats).merge(grid_pvalues(cols, axes, ms, int(n['sign'].iloc[0]))[['measure', 'p_grid', 'p_holm']], on='measure', how='left')
     per = n[list(axes)].astype(str).value_counts()
     head = 'the final checkpoint' if at == 'final' else 'the validation peak (the first checkpoint at or after it)'
     lines = [f'## Measures at {head}', '', f"Generalization: {n['target'].iloc[0]}{' (regression: lower is better)' if n['sign'].iloc[0] < 0 else ''} on {n[f'source{sfx}'].iloc[0]}; "
-             f"{len(n)} runs, {len(per)} grid points. Best first (by Psi, then tau); CIs from resampling seeds.", '',
+             f"{len(n)} runs, {len(per)} grid points. Best first (by Psi, then tau); CIs from resampling seeds; "
+             "p (grid): Kendall's exact test over the grid points' means, Holm-adjusted over the measures.", '',
              md_table(ranking_markdown(rank)), '', f'![sweep at {at}](figures/{fig.name})', '', '### What this grid can decide', '',
              *reading(rank, len(per), int(per.min())), '']
+    if at == 'peak' and {'peak_step', 'final_step'} <= set(n) and (n['peak_step'] == n['final_step']).all():
+        lines[3:3] = ["Every run's validation peak is its final checkpoint (accuracy was still rising): this section repeats the final one; "
+                      "train longer or validate more often to measure a peak before the end.", '']
     return lines, rank.assign(at=at)
 
 def write_sweep_report(table:pd.DataFrame, # from `sweep_runs`
