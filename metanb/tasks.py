@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from fastcore.basics import patch
+from fastcore.basics import patch_to
 from .core import make_generator, torch_save, get_device
 
 # %% auto #0
@@ -184,8 +184,8 @@ class EpisodicTasks:
     def __repr__(self): return f"EpisodicTasks({self.split!r}, {self.n_way}-way {self.shots}-shot, {self.queries} queries, seed={self.seed}, {self.data!r})"
 
 # %% ../nbs/01_tasks.ipynb #de66d547
-@patch
-def _draw(self:EpisodicTasks, i:int):
+@patch_to(EpisodicTasks)
+def _draw(self, i:int):
     "Classes `[N]` and example indices `[N, K+Q]` of task `i`."
     g = make_generator(task_seed(self.seed, self.split, i))
     cls = self.classes[torch.randperm(len(self.classes), generator=g)[:self.n_way]]
@@ -194,15 +194,15 @@ def _draw(self:EpisodicTasks, i:int):
     else: ex = torch.stack([torch.randperm(self.data.counts[c], generator=g)[:k] for c in cls.tolist()])
     return cls, ex
 
-@patch
-def _gather(self:EpisodicTasks, cls:Tensor, ex:Tensor) -> Tensor:
+@patch_to(EpisodicTasks)
+def _gather(self, cls:Tensor, ex:Tensor) -> Tensor:
     "uint8 images `[T, N, K+Q, C, H, W]` for classes `cls` `[T, N]` and examples `ex` `[T, N, K+Q]`."
     if self.data.uniform: return self.images[cls.to(self.device)[..., None], ex.to(self.device)]
     return torch.stack([torch.stack([self.images[c][e.to(self.device)] for c, e in zip(cs.tolist(), es)]) for cs, es in zip(cls, ex)])
 
 # %% ../nbs/01_tasks.ipynb #9428d3b2
-@patch
-def batch(self:EpisodicTasks, idx) -> TaskBatch:
+@patch_to(EpisodicTasks)
+def batch(self, idx) -> TaskBatch:
     "Tasks `idx` (an iterable of task indices) as one `TaskBatch` (images `[T, N*K, C, H, W]`, labels `[T, N*K]`)."
     idx = [int(i) for i in idx]
     if not idx: raise ValueError("batch needs at least one task index")
@@ -213,8 +213,8 @@ def batch(self:EpisodicTasks, idx) -> TaskBatch:
     ys, yq = (y.expand(T, N, n).reshape(T, N * n) for n in (K, self.queries))
     return TaskBatch(x[:, :, :K].flatten(1, 2), ys, x[:, :, K:].flatten(1, 2), yq)
 
-@patch
-def task(self:EpisodicTasks, i:int) -> TaskBatch:
+@patch_to(EpisodicTasks)
+def task(self, i:int) -> TaskBatch:
     "Task `i` as a one-task `TaskBatch`."
     return self.batch([i])
 
@@ -248,8 +248,8 @@ class TaskLoader:
         return b.to(self.device, non_blocking=True)
 
 # %% ../nbs/01_tasks.ipynb #5082a82e
-@patch
-def __iter__(self:TaskLoader):
+@patch_to(TaskLoader)
+def __iter__(self):
     "Yield the meta-batches in step order, built `num_workers * prefetch` steps ahead."
     steps = itertools.count(self.start) if self.stop is None else iter(range(self.start, self.stop))
     if self.num_workers == 0:
