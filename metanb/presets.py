@@ -4,7 +4,7 @@
 
 # %% ../nbs/12b_presets.ipynb #b2e5e003
 from __future__ import annotations
-import os, math
+import os, math, json
 from dataclasses import fields
 from pathlib import Path
 from typing import NamedTuple
@@ -15,8 +15,8 @@ from .runs import variant_label, parse_variant
 # %% auto #0
 __all__ = ['PRESETS', 'FRESH_TASKS', 'OPTION_FIELDS', 'DATA_HELP', 'OptionField', 'OptionError', 'require', 'check_number',
            'check_option', 'option_field', 'parse_seeds', 'check_variant', 'regularized', 'check_device', 'check_out',
-           'check_data', 'resolve_settings', 'train_config', 'analysis_config', 'study_variants', 'train_variant',
-           'check_name']
+           'check_data', 'check_run_config', 'resolve_settings', 'train_config', 'analysis_config', 'study_variants',
+           'train_variant', 'check_name']
 
 # %% ../nbs/12b_presets.ipynb #1b6853c1
 PRESETS = {
@@ -150,6 +150,12 @@ def check_data(preset:dict, data:str|None, option:str='--data') -> Path|None:
     require(p.exists(), option, f"{p} does not exist")
     require(p.is_dir(), option, f"{p} is not a folder")
     return p
+
+def check_run_config(f:Path, option:str):
+    "A run's config.json must be a JSON object (an edited or truncated one fails here, naming the file)."
+    try: c = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise OptionError(option, f"{f} is not valid JSON ({e}): restore it, or train the run again") from None
+    require(isinstance(c, dict), option, f"{f} must hold a JSON object (the run's settings), got {type(c).__name__}")
 
 # %% ../nbs/12b_presets.ipynb #50045b53
 def resolve_settings(preset:str, # a name of `PRESETS`
