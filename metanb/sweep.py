@@ -213,7 +213,9 @@ def sweep_jobs(s:dict, grid:Grid, seeds:Sequence[int], root:Path, variant:str='m
 # %% ../nbs/15a_sweep.ipynb #7caa5b5a
 def _generalization(ckpt:pd.DataFrame) -> tuple[str, int]:
     "A run's generalization measure and its sign: query accuracy (+1), or the query loss of regression runs (-1: lower is better)."
-    return (TARGET, 1) if TARGET in set(ckpt['measure']) else ('query_loss', -1)
+    from metanb.stats import generalization_measure
+    target = generalization_measure(ckpt)
+    return target, 1 if target == TARGET else -1
 
 def _measures_at(ckpt:pd.DataFrame, step:int, fresh:Path, target:str) -> dict:
     "The measures of one run at checkpoint `step`; generalization on the fresh tasks of file `fresh` when they were scored there, else on the analysis tasks."
