@@ -4,92 +4,31 @@
 
 # %% ../nbs/13_cli.ipynb #bdb00bb7
 from __future__ import annotations
-import sys, os, json, time, argparse, inspect, errno, signal, types
+import sys, os, time, argparse, inspect, errno, signal, types
 from pathlib import Path
 from typing import NamedTuple
 from fastcore.script import anno_parser, Param, store_true
 from fastcore.meta import delegates
 from .core import get_device
-from .executor import executor_options
+from .executor import Job, StudyIncomplete, executor_options, ranks, main_rank, say, train_one, run_study, require_finished, refuse_existing
 from .presets import (FRESH_TASKS, OPTION_FIELDS, OptionError, require, check_number, check_option, option_field, parse_seeds,
-                            check_device, check_out, check_name, resolve_settings, analysis_config, train_config, study_variants, train_variant, regularized)
+                            check_device, check_out, check_name, check_run_config, resolve_settings, analysis_config, study_variants, train_variant, regularized)
+_all_ = ['StudyIncomplete']  # defined in metanb.executor; a failed study's exception
 # pandas, the analysis, the stats, the plots and the report (metanb.report) are imported when used: `metanb --help` stays quick
 
 # %% auto #0
-__all__ = ['ANALYZE_OPTIONS', 'COMMANDS', 'ISSUES', 'StudyIncomplete', 'RunOptions', 'run_options', 'study', 'train_run', 'sweep',
-           'matrix', 'analyze', 'report', 'expected_error', 'error_message', 'run_command', 'main']
+__all__ = ['ANALYZE_OPTIONS', 'COMMANDS', 'ISSUES', 'RunOptions', 'run_options', 'study', 'train_run', 'sweep', 'matrix',
+           'analyze', 'report', 'expected_error', 'error_message', 'run_command', 'main', 'StudyIncomplete']
 
 # %% ../nbs/13_cli.ipynb #9a97b9cd
 def _study_dir(out:Path, s:dict) -> Path: return out/s['preset']
 def _run_dir(study:Path, variant:str, seed:int) -> Path: return study/f'{variant}-s{seed}'
-
-def _ranks() -> int: return int(os.environ.get('WORLD_SIZE', 1))
-def _main_rank() -> bool: return int(os.environ.get('RANK', 0)) == 0
-
-def _say(msg:str):
-    "Print a progress line (rank 0 only under torchrun)."
-    if _main_rank(): print(msg, flush=True)
-
-def _trainer():
-    "`metanb.train.train`, or `metanb.distributed.train_distributed` under torchrun (the meta-batch split over the ranks)."
-    if _ranks() > 1: from metanb.distributed import train_distributed as f
-    else: from metanb.train import train as f
-    return f
-
-def _analyser():
-    "`metanb.analysis.analyse_run`, or `metanb.distributed.analyse_run_distributed` under torchrun (checkpoints shared out)."
-    if _ranks() > 1: from metanb.distributed import analyse_run_distributed as f
-    else: from metanb.analysis import analyse_run as f
-    return f
-
-def _load_data(cfg, progress:bool):
-    "The dataset of a run, loaded here so that `--quiet` also silences the glyph renderer's bar (None: sinusoid, or under torchrun, where rank 0 loads first)."
-    if cfg.dataset == 'sinusoid' or _ranks() > 1: return None
-    from metanb.data.registry import load_dataset
-    return load_dataset(cfg.dataset, path=cfg.data_path, progress=progress and _main_rank(), **cfg.data_kwargs)
-
-def _train_one(s:dict, variant:str, seed:int, device:str, run_dir:Path, progress:bool):
-    "Train (or resume, or find finished) one run of a study."
-    train = _trainer()
-    t0 = time.perf_counter()
-    _say(f"training {run_dir.name}: {variant}, seed {seed}, {s['meta_iters']} iterations -> {run_dir}")
-    if (run_dir/'config.json').is_file(): _config_ok(run_dir/'config.json', '--out')  # a run to resume: its config must be readable
-    cfg = train_config(s, variant, seed, device)
-    r = train(cfg, run_dir, resume=True, progress=progress, data=_load_data(cfg, progress))
-    if progress and _main_rank(): print(flush=True)  # end the progress bar's line
-    _say(f"trained {run_dir.name} in {time.perf_counter() - t0:.0f}s" + (f" (val_acc {r['val_acc']:.3f})" if 'val_acc' in r else ''))
 
 def _check_workers(s:dict, device:str):
     "Task threads serve `meta_grad`'s per-task loop (its choice on a CPU); on CUDA it batches tasks with vmap instead."
     from metanb.maml import resolve_batching
     require((s.get('workers') or 1) == 1 or resolve_batching('auto', get_device(device)) == 'loop', '--workers',
           f"task threads are for CPU training (loop batching); on {device} tasks are batched with vmap: drop --workers")
-
-def _fresh(dirs:list[Path], option:str='--no_resume'):
-    "With --no_resume, refuse to touch existing runs (nothing is deleted)."
-    taken = [d for d in dirs if d.exists() and any(d.iterdir())]
-    require(not taken, option, f"{taken[0]} already exists: remove it, or choose another --out (nothing is deleted)")
-
-# %% ../nbs/13_cli.ipynb #4bae0c75
-class StudyIncomplete(RuntimeError):
-    "Some runs of a study did not finish (the report covers the others)."
-
-def _run_study_jobs(jobs:list, ex:str, parallel:int|None, sl, quiet:bool) -> tuple[list[Path], list[str]]:
-    "Run the jobs (a single local job runs in this process); the run directories that finished, and the names of those that did not."
-    from metanb.executor import run_jobs
-    if ex == 'local' and sum(not j.done() for j in jobs) <= 1: ex = 'inline'  # a pool of one is this process
-    if ex == 'inline' and len(jobs) == 1:  # one run here: its failure is the command's (one line when expected)
-        from metanb.executor import run_job
-        return [Path(run_job(jobs[0], redirect=False, progress=not quiet))], []
-    res = run_jobs(jobs, ex, workers=parallel, slurm=sl, progress=not quiet, say=_say)
-    ok = [Path(d) for d, r in res.items() if r in ('ok', 'done')]
-    missing = [Path(d).name for d, r in res.items() if r not in ('ok', 'done')]
-    if not ok: _incomplete(missing, len(jobs))
-    return ok, missing
-
-def _incomplete(missing:list[str], n:int):
-    raise StudyIncomplete(f"{len(missing)} of {n} runs did not finish ({', '.join(missing)}; each failure is above with its log): "
-                          "run the same command again to finish them (finished runs are kept)")
 
 # %% ../nbs/13_cli.ipynb #c1a5e004
 class RunOptions(NamedTuple):
@@ -137,6 +76,10 @@ def _split(kwargs:dict, f) -> dict:
     "The items of `kwargs` that are `f`'s options."
     return {k: v for k, v in kwargs.items() if k in inspect.signature(f).parameters}
 
+def _executor(kwargs:dict) -> tuple:
+    "The executor's options in `kwargs`, checked: (name, `SlurmOptions`, local workers), as `run_study` takes them."
+    return *executor_options(**_split(kwargs, executor_options)), kwargs.get('parallel')
+
 # %% ../nbs/13_cli.ipynb #390bdc96
 @_options(run_options, executor_options)  # the shared options, and the executor's
 def study(seeds:str='0', # seeds, e.g. '0,1,2' or '0-4': one run per seed and variant
@@ -145,32 +88,27 @@ def study(seeds:str='0', # seeds, e.g. '0,1,2' or '0-4': one run per seed and va
           **kwargs, # `run_options`' options and the executor's (`executor_options`)
          ):
     "Train every variant and seed, analyse every checkpoint, and write the report: the one-command study."
-    from metanb.executor import Job
     from metanb.report import write_report
-    o, executor = run_options(**_split(kwargs, run_options), tasks=tasks), _split(kwargs, executor_options)
+    o = run_options(**_split(kwargs, run_options), tasks=tasks)
     s, vs, sd = o.settings, study_variants(o.settings, variants, o.regularizer), parse_seeds(seeds)
-    root = _study_dir(o.out, s)
-    runs = [(v, seed, _run_dir(root, v, seed)) for v in vs for seed in sd]
-    ex, sl = executor_options(**executor)
-    if o.no_resume: _fresh([d for *_, d in runs])
-    t0 = time.perf_counter()
-    _say(f"metanb study: preset {s['preset']}, variants {', '.join(vs)}, seeds {sd} -> {root} ({ex} executor)")
-    jobs = [Job(str(d), analysis_config(s, o.device), s, v, seed, o.device, s.get('threads'), fresh=s.get('fresh', FRESH_TASKS)) for v, seed, d in runs]
-    dirs, missing = _run_study_jobs(jobs, ex, executor.get('parallel'), sl, o.quiet)
-    if not _main_rank(): return None
-    rep = write_report(dirs, root, title=f"metanb study: {s['preset']}", log=_say, unfinished=missing)
+    root, ex, t0 = _study_dir(o.out, s), _executor(kwargs), time.perf_counter()
+    jobs = [Job(str(_run_dir(root, v, seed)), analysis_config(s, o.device), s, v, seed, o.device, s.get('threads'), fresh=s.get('fresh', FRESH_TASKS))
+            for v in vs for seed in sd]
+    dirs, missing = run_study(jobs, ex, o.quiet, o.no_resume, f"metanb study: preset {s['preset']}, variants {', '.join(vs)}, seeds {sd} -> {root} ({ex[0]} executor)")
+    if not main_rank(): return None
+    rep = write_report(dirs, root, title=f"metanb study: {s['preset']}", log=say, unfinished=missing)
     _print_results(dirs, root)
-    _say(f"\nclaims: {root/'claims.csv'}\nreport: {rep}\n(done in {time.perf_counter() - t0:.0f}s)")
-    if missing: _incomplete(missing, len(jobs))
+    say(f"\nclaims: {root/'claims.csv'}\nreport: {rep}\n(done in {time.perf_counter() - t0:.0f}s)")
+    require_finished(missing, len(jobs))
     return rep
 
 def _print_results(dirs:list[Path], root:Path):
     "Print the study's summary table and its claims."
     import pandas as pd
     from metanb.report import summary_table, check_analysis
-    _say('\n' + summary_table(pd.concat([check_analysis(d)[0] for d in dirs])).to_string(index=False, float_format=lambda x: f'{x:.3g}'))
+    say('\n' + summary_table(pd.concat([check_analysis(d)[0] for d in dirs])).to_string(index=False, float_format=lambda x: f'{x:.3g}'))
     c = pd.read_csv(root/'claims.csv').query("role == 'claim'")[['row', 'estimate', 'ci_low', 'ci_high', 'p_holm', 'verdict', 'to_decide']]
-    _say('\n' + c.to_string(index=False, float_format=lambda x: f'{x:.3g}'))
+    say('\n' + c.to_string(index=False, float_format=lambda x: f'{x:.3g}'))
 
 # %% ../nbs/13_cli.ipynb #2ed78676
 @_options(run_options)
@@ -185,9 +123,9 @@ def train_run(name:str=None, # run directory name under OUT (default VARIANT-sSE
     require('strength' not in o.settings['given'] or regularized(v), '--strength', "sets the strength of a regularizer: pass --regularizer NAME too, or drop --strength")
     seed = check_option('seed', seed)
     d = o.out/check_name(name) if name is not None else _run_dir(o.out, v, seed)
-    if o.no_resume: _fresh([d])
-    _train_one(o.settings, v, seed, o.device, d, not o.quiet)
-    _say(f"run: {d}")
+    if o.no_resume: refuse_existing([d])
+    train_one(o.settings, v, seed, o.device, d, not o.quiet)
+    say(f"run: {d}")
     return d
 
 # %% ../nbs/13_cli.ipynb #610566cc
@@ -204,9 +142,8 @@ def sweep(preset:str='sweep-glyphs', # base settings (default sweep-glyphs: Conv
     "Train a grid of interventions x seeds, analyse each run at its final checkpoint and validation peak, and rank the measures by how they predict generalization."
     from metanb.sweep import run_sweep, parse_axes, DEFAULT_AXES
     o = run_options(**_split(kwargs, run_options), preset=preset, tasks=tasks)
-    grid, ex = parse_axes(DEFAULT_AXES if axes is None else axes), executor_options(**_split(kwargs, executor_options))
-    return run_sweep(o, grid, parse_seeds(seeds), train_variant(algorithm, o.regularizer), check_name(name), check_number(fresh, '--fresh', 0, integer=True),
-                     (*ex, kwargs.get('parallel')))
+    grid, ex = parse_axes(DEFAULT_AXES if axes is None else axes), _executor(kwargs)
+    return run_sweep(o, grid, parse_seeds(seeds), train_variant(algorithm, o.regularizer), check_name(name), check_number(fresh, '--fresh', 0, integer=True), ex)
 
 # %% ../nbs/13_cli.ipynb #226ddc78
 _NOT_MATRIX = ('preset', 'data', 'regularizer', 'strength', 'ways', 'shots', 'queries', 'workers')  # run_options' options a matrix does not take
@@ -225,9 +162,9 @@ def matrix(archs:str='conv4,resnet12,mlp', # architectures: conv4, resnet12, mlp
     "The falsification matrix: architecture x data family x algorithm, each cell a small study with the claims that apply; heatmaps and a table."
     from metanb.matrix import run_matrix, matrix_cells, parse_data
     o, d = _split(kwargs, run_options), parse_data(data)
-    cells, sd, ex = matrix_cells(archs, families, algorithms, d), parse_seeds(seeds), executor_options(**_split(kwargs, executor_options))
+    cells, sd, ex = matrix_cells(archs, families, algorithms, d), parse_seeds(seeds), _executor(kwargs)
     return run_matrix(cells, sd, check_out(o.pop('out', 'runs'))/'matrix', check_number(width, '--width', 1, integer=True), d, check_device(o.pop('device', 'auto')),
-                      check_number(fresh, '--fresh', 0, integer=True), (*ex, kwargs.get('parallel')), o.pop('quiet', False), o.pop('no_resume', False), tasks=tasks, **o)
+                      check_number(fresh, '--fresh', 0, integer=True), ex, o.pop('quiet', False), o.pop('no_resume', False), tasks=tasks, **o)
 
 # %% ../nbs/13_cli.ipynb #2f53c1b4
 def _check_runs(runs:list, need:str, option:str='RUN') -> list[Path]:
@@ -237,15 +174,9 @@ def _check_runs(runs:list, need:str, option:str='RUN') -> list[Path]:
         p = Path(r).expanduser()
         require(p.is_dir(), option, f"{p} is not a folder")
         require((p/need).exists(), option, f"{p} has no {need}" + (': analyse it first (metanb analyze)' if 'analysis' in need else ': is it a run directory?'))
-        if need == 'config.json': _config_ok(p/need, option)
+        if need == 'config.json': check_run_config(p/need, option)
         out.append(p)
     return out
-
-def _config_ok(f:Path, option:str):
-    "A run's config.json must be a JSON object (an edited or truncated one fails here, naming the file)."
-    try: c = json.loads(f.read_text())
-    except (ValueError, UnicodeDecodeError) as e: raise OptionError(option, f"{f} is not valid JSON ({e}): restore it, or train the run again") from None
-    require(isinstance(c, dict), option, f"{f} must hold a JSON object (the run's settings), got {type(c).__name__}")
 
 ANALYZE_OPTIONS = ('tasks', 'seed', 'steps', 'tol', 'bn_mode')  # set AnalysisConfig's fields (`OPTION_FIELDS`; bn_mode its own), with its defaults
 
@@ -276,7 +207,6 @@ def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
     opts = dict(locals())  # the options as given
     from metanb.analysis import AnalysisConfig
     from metanb.hessian import BN_MODES
-    from metanb.executor import Job
     dirs = _check_runs(runs or [], 'config.json')
     require(bool(dirs), 'RUN', 'give at least one run directory')
     given = {o: check_option(o, v) if o in OPTION_FIELDS else v for o in ANALYZE_OPTIONS if (v := opts[o]) is not None}
@@ -284,11 +214,10 @@ def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
     check_option('threads', threads)
     cfg = AnalysisConfig(**{option_field(o): v for o, v in given.items()},
                          hessian=not no_hessian, trace=trace, device=check_device(device))
-    ex, sl = executor_options(**kwargs)
     jobs = [Job(str(d), cfg, threads=threads, force=force) for d in dirs]
-    ok, missing = _run_study_jobs(jobs, ex, kwargs.get('parallel'), sl, quiet)
-    for d in ok: _say(f"analysis: {d/'analysis'/'summary.csv'}")
-    if missing: _incomplete(missing, len(jobs))
+    ok, missing = run_study(jobs, _executor(kwargs), quiet)
+    for d in ok: say(f"analysis: {d/'analysis'/'summary.csv'}")
+    require_finished(missing, len(jobs))
 
 def report(runs:Param('run directories (analysed)', str, nargs='+', opt=False)=None,
            out:str=None, # where report.md and figures/ go (default: the run, or the runs' common parent)
@@ -299,8 +228,8 @@ def report(runs:Param('run directories (analysed)', str, nargs='+', opt=False)=N
     dirs = _check_runs(runs or [], 'analysis')
     require(bool(dirs), 'RUN', 'give at least one analysed run directory')
     if out is not None: check_out(out)
-    rep = write_report(dirs, out, title, log=_say)
-    _say(f"report: {rep}")
+    rep = write_report(dirs, out, title, log=say)
+    say(f"report: {rep}")
     return rep
 
 # %% ../nbs/13_cli.ipynb #3eaadf37
@@ -383,8 +312,8 @@ def _fail(cmd:str, e:BaseException, debug:bool) -> int:
 # %% ../nbs/13_cli.ipynb #b4ace323
 def _err_line(cmd:str, code:int, msg:str):
     "Print `metanb cmd: error: msg` (rank 0 only; under `--nproc` the rank writes it for the launcher to print once)."
-    line = f"metanb {cmd}: error{'' if _main_rank() else ' (rank ' + os.environ['RANK'] + ')'}: {msg}"
-    if _ranks() > 1 and os.environ.get('METANB_ERROR_FILE'):
+    line = f"metanb {cmd}: error{'' if main_rank() else ' (rank ' + os.environ['RANK'] + ')'}: {msg}"
+    if ranks() > 1 and os.environ.get('METANB_ERROR_FILE'):
         with open(os.environ['METANB_ERROR_FILE'], 'a') as f: f.write(f"{code}\t{line}\n")
     else: print(line, file=sys.stderr, flush=True)  # under a torchrun of your own, every failing rank says so
 
@@ -424,7 +353,7 @@ def _split_nproc(argv:list[str]) -> tuple[int, list[str]]:
 def _relaunch(nproc:int, cmd:str, argv:list[str], args:dict) -> int:
     "Run the command in `nproc` processes under torchrun (options are checked here first, once)."
     require(cmd in ('study', 'train', 'analyze'), '--nproc', f"metanb {cmd} runs in one process")
-    require(_ranks() == 1, '--nproc', "already running under torchrun: drop --nproc")
+    require(ranks() == 1, '--nproc', "already running under torchrun: drop --nproc")
     if 'device' in args: check_device(args['device'])
     if cmd == 'analyze': _check_runs(args['runs'] or [], 'config.json')
     else:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import os, sys, json, time, hashlib, contextlib, traceback, dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 from .core import write_text, torch_threads
 
 # %% auto #0
-__all__ = ['EXECUTORS', 'Job', 'run_job', 'SlurmOptions', 'local_workers', 'executor_options', 'run_jobs']
+__all__ = ['EXECUTORS', 'Job', 'ranks', 'main_rank', 'say', 'train_one', 'run_job', 'SlurmOptions', 'local_workers',
+           'executor_options', 'run_jobs', 'StudyIncomplete', 'require_finished', 'refuse_existing', 'run_study']
 
 # %% ../nbs/12a_executor.ipynb #483be08b
 @dataclass(eq=False)
@@ -57,26 +59,70 @@ def _logged(path:Path|None):
         finally:
             sys.stdout.flush(); sys.stderr.flush(); os.dup2(saved[0], 1); os.dup2(saved[1], 2); os.close(saved[0]); os.close(saved[1])
 
+# %% ../nbs/12a_executor.ipynb #a8885472
+def ranks() -> int:
+    "How many processes torchrun started (1 without torchrun)."
+    return int(os.environ.get('WORLD_SIZE', 1))
+
+def main_rank() -> bool:
+    "Whether this process is rank 0, the one that prints and writes reports (always, without torchrun)."
+    return int(os.environ.get('RANK', 0)) == 0
+
+def say(msg:str):
+    "Print a progress line (rank 0 only under torchrun)."
+    if main_rank(): print(msg, flush=True)
+
+# %% ../nbs/12a_executor.ipynb #fcf12baa
+def _trainer():
+    "`metanb.train.train`, or `metanb.distributed.train_distributed` under torchrun (the meta-batch split over the ranks)."
+    if ranks() > 1: from metanb.distributed import train_distributed as f
+    else: from metanb.train import train as f
+    return f
+
+def _analyser():
+    "`metanb.analysis.analyse_run`, or `metanb.distributed.analyse_run_distributed` under torchrun (checkpoints shared out)."
+    if ranks() > 1: from metanb.distributed import analyse_run_distributed as f
+    else: from metanb.analysis import analyse_run as f
+    return f
+
+def _load_data(cfg, progress:bool):
+    "The dataset of a run, loaded here so that `--quiet` also silences the glyph renderer's bar (None: sinusoid, or under torchrun, where rank 0 loads first)."
+    if cfg.dataset == 'sinusoid' or ranks() > 1: return None
+    from metanb.data.registry import load_dataset
+    return load_dataset(cfg.dataset, path=cfg.data_path, progress=progress and main_rank(), **cfg.data_kwargs)
+
+def train_one(s:dict, # the study's settings (`metanb.presets.resolve_settings`)
+              variant:str, seed:int, device:str, run_dir:Path, progress:bool):
+    "Train (or resume, or find finished) one run of a study."
+    from metanb.presets import train_config, check_run_config
+    train, t0 = _trainer(), time.perf_counter()
+    say(f"training {run_dir.name}: {variant}, seed {seed}, {s['meta_iters']} iterations -> {run_dir}")
+    if (run_dir/'config.json').is_file(): check_run_config(run_dir/'config.json', '--out')  # a run to resume: its config must be readable
+    cfg = train_config(s, variant, seed, device)
+    r = train(cfg, run_dir, resume=True, progress=progress, data=_load_data(cfg, progress))
+    if progress and main_rank(): print(flush=True)  # end the progress bar's line
+    say(f"trained {run_dir.name} in {time.perf_counter() - t0:.0f}s" + (f" (val_acc {r['val_acc']:.3f})" if 'val_acc' in r else ''))
+
 # %% ../nbs/12a_executor.ipynb #674a17e5
 def run_job(job:Job, # the job
             redirect:bool=True, # output to the job's log file (False: to this process's)
             progress:bool|None=None, # progress bars (default: when not redirected)
            ) -> str:
     "Train (or resume, or find finished) and analyse one run in this process; returns its run directory."
-    from metanb import cli
-    d, analyse_run, bars = Path(job.run_dir), cli._analyser(), (not redirect) if progress is None else progress
+    d, analyse_run, bars = Path(job.run_dir), _analyser(), (not redirect) if progress is None else progress
     with _logged(job.log if redirect else None):
         try:
             print(f"job {job.name} (pid {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')})", flush=True)
-            if job.settings is not None: cli._train_one(job.settings, job.variant, job.seed, job.device, d, bars)
+            if job.settings is not None: train_one(job.settings, job.variant, job.seed, job.device, d, bars)
             with torch_threads(job.threads):
-                analyse_run(d, job.analysis, force=job.force, progress=bars, log=cli._say)
-                if job.fresh and cli._main_rank():
+                analyse_run(d, job.analysis, force=job.force, progress=bars, log=say)
+                if job.fresh and main_rank():
                     from metanb.analysis import fresh_tasks
                     fresh_tasks(d, job.fresh, device=job.device, force=job.force)
                     if job.validates: fresh_tasks(d, job.fresh, device=job.device, force=job.force, at='peak')
         except BaseException as e:  # in the log always; on the terminal only a bug's (an expected failure is one line, see metanb.cli)
-            if redirect or os.environ.get('METANB_DEBUG', '0') not in ('', '0') or not (isinstance(e, KeyboardInterrupt) or cli.expected_error(e)): traceback.print_exc()
+            from metanb.cli import expected_error
+            if redirect or os.environ.get('METANB_DEBUG', '0') not in ('', '0') or not (isinstance(e, KeyboardInterrupt) or expected_error(e)): traceback.print_exc()
             raise
     if job.settings is not None: write_text(d/'job.json', json.dumps({'key': job.key(), 'variant': job.variant, 'seed': job.seed}) + '\n')
     return str(d)
@@ -131,7 +177,7 @@ def executor_options(executor:str='local', # local (worker processes, one run ea
         try: import submitit  # noqa: F401
         except ImportError: raise OptionError('--executor', "slurm needs submitit: pip install submitit") from None
         require(shutil.which('sbatch') is not None, '--executor', "slurm: no sbatch on PATH (run on a SLURM login node, or use --executor local)")
-    if int(os.environ.get('WORLD_SIZE', 1)) > 1: ex = 'inline'
+    if ranks() > 1: ex = 'inline'
     return ex, SlurmOptions(partition, time_min, cpus, gpus, mem_gb, max_parallel, sbatch)
 
 # %% ../nbs/12a_executor.ipynb #c0560bad
@@ -229,3 +275,38 @@ def run_jobs(jobs:list[Job], # the study's jobs
     else: _run_slurm(todo, out, prog, say, Path(folder or Path(todo[0].run_dir).parent/'submitit'), slurm or SlurmOptions())
     prog.update(0)
     return {j.run_dir: out[j.run_dir] for j in jobs}
+
+# %% ../nbs/12a_executor.ipynb #31b07d05
+class StudyIncomplete(RuntimeError):
+    "Some runs of a study did not finish (the report covers the others)."
+
+def require_finished(missing:Sequence[str], # the names of the runs that did not finish
+                     n:int): # the runs there were
+    "Raise `StudyIncomplete` naming the `missing` runs, if any."
+    if missing: raise StudyIncomplete(f"{len(missing)} of {n} runs did not finish ({', '.join(missing)}; each failure is above with its log): "
+                                      "run the same command again to finish them (finished runs are kept)")
+
+def refuse_existing(dirs:Sequence[Path], option:str='--no_resume'):
+    "With --no_resume, refuse to touch existing runs (nothing is deleted)."
+    from metanb.presets import require
+    taken = [d for d in dirs if d.exists() and any(d.iterdir())]
+    require(not taken, option, f"{taken[0]} already exists: remove it, or choose another --out (nothing is deleted)")
+
+def run_study(jobs:list[Job], # a command's jobs
+              executor:tuple=('inline', None, None), # (name, `SlurmOptions`, local workers): `executor_options` and --parallel
+              quiet:bool=False, # no progress bars
+              no_resume:bool=False, # refuse runs that exist (`refuse_existing`)
+              intro:str|None=None, # the line said before the jobs start
+             ) -> tuple[list[Path], list[str]]:
+    "Run a command's jobs (a single local job in this process): the run directories that finished, and the names of those that did not (`StudyIncomplete` when none did)."
+    if no_resume: refuse_existing([Path(j.run_dir) for j in jobs])
+    if intro: say(intro)
+    if not jobs: return [], []
+    ex, slurm, workers = executor
+    if ex == 'local' and sum(not j.done() for j in jobs) <= 1: ex = 'inline'  # a pool of one is this process
+    if ex == 'inline' and len(jobs) == 1: return [Path(run_job(jobs[0], redirect=False, progress=not quiet))], []
+    res = run_jobs(jobs, ex, workers=workers, slurm=slurm, progress=not quiet, say=say)
+    ok = [Path(d) for d, r in res.items() if r in ('ok', 'done')]
+    missing = [Path(d).name for d, r in res.items() if r not in ('ok', 'done')]
+    if not ok: require_finished(missing, len(jobs))
+    return ok, missing

@@ -167,16 +167,14 @@ def _cell_claims(cell:Cell, dirs:list[Path], root:Path) -> pd.DataFrame:
     return pd.read_csv(root/cell.name/'claims.csv', keep_default_na=False, na_values=[''])
 
 def run_matrix(cells:Sequence[Cell], seeds:Sequence[int], root:Path, width:int|None=None, data:dict|None=None, device:str='cpu',
-               fresh:int=0, executor:tuple=('inline', None, None), # (name, SlurmOptions, local workers)
+               fresh:int=0, executor:tuple=('inline', None, None), # (name, SlurmOptions, local workers), as `metanb.executor.run_study` takes them
                quiet:bool=False, no_resume:bool=False, **overrides) -> Path|None:
     "`metanb matrix`: every runnable cell's runs through the study executor (finished runs skipped), each cell's claims, the report; its path."
-    from metanb import cli
+    from metanb.executor import run_study, main_rank, say, require_finished
     pairs = matrix_jobs(cells, seeds, root, width, data, device, fresh, **overrides)
-    if no_resume: cli._fresh([Path(j.run_dir) for _, j in pairs])
-    cli._say(f"metanb matrix: {sum(c.reason is None for c in cells)} of {len(cells)} cells x {len(seeds)} seeds = {len(pairs)} runs -> {root}")
-    ex, sl, parallel = executor
-    ok = cli._run_study_jobs([j for _, j in pairs], ex, parallel, sl, quiet)[0] if pairs else []
-    if not cli._main_rank(): return None
+    ok = run_study([j for _, j in pairs], executor, quiet, no_resume,
+                   f"metanb matrix: {sum(c.reason is None for c in cells)} of {len(cells)} cells x {len(seeds)} seeds = {len(pairs)} runs -> {root}")[0]
+    if not main_rank(): return None
     done, tabs = {Path(d) for d in ok}, []
     for c in cells:
         dirs = [Path(j.run_dir) for c2, j in pairs if c2 is c and Path(j.run_dir) in done]
@@ -184,6 +182,6 @@ def run_matrix(cells:Sequence[Cell], seeds:Sequence[int], root:Path, width:int|N
     missing = [str(Path(j.run_dir).relative_to(root)) for _, j in pairs if Path(j.run_dir) not in done]
     info = f"Cells: {len(cells)} ({sum(c.reason is None for c in cells)} runnable); seeds {list(seeds)}; widths {width or DEFAULT_WIDTHS}; size overrides {({k: v for k, v in overrides.items() if v is not None}) or 'none'}."
     rep = write_matrix_report(pd.concat(tabs, ignore_index=True), root, settings=info, missing=missing)
-    cli._say(f"report: {rep}")
-    if missing: cli._incomplete(missing, len(pairs))
+    say(f"report: {rep}")
+    require_finished(missing, len(pairs))
     return rep

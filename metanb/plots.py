@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from .core import atomic_write
-from .stats import (GENERALIZATION, MEASURES, validate_checkpoints, aggregate_seeds, correlations, ci_text,
+from .stats import (GENERALIZATION, ordered_measures, validate_checkpoints, aggregate_seeds, correlations, ci_text,
                           checkpoint_wide, variant_summary)
 from .claims import overfitting
 
@@ -54,11 +54,6 @@ def _band(ax, d:pd.DataFrame, color, ls:str='-', alpha:float=0.2, label=None):
     ax.plot(d['step'], d['mean'], color=color, ls=ls, label=label)
     ax.fill_between(d['step'], d['ci_low'], d['ci_high'], color=color, alpha=alpha, lw=0)
 
-def _default_measures(ckpt:pd.DataFrame, target:str) -> list[str]:
-    "Every measure except the target and error bounds, in the order of MEASURES."
-    have = set(ckpt['measure'])
-    return [m for m in list(MEASURES) + sorted(have - set(MEASURES)) if m in have and m != target and not m.endswith('_err')]
-
 # %% ../nbs/11_plots.ipynb #6bd061a0
 def plot_measures_vs_step(ckpt:pd.DataFrame, # per-checkpoint table
                           measures:Sequence[str]|None=None, # one panel each (default: all but the target and '*_err')
@@ -66,7 +61,7 @@ def plot_measures_vs_step(ckpt:pd.DataFrame, # per-checkpoint table
                           hue:str|None=None, ncols:int=3, conf:float=0.95, size=(3.4, 2.6), dpi:int=80) -> Figure:
     "One panel per measure vs meta-training iteration, with generalization on a twin axis; CI bands; hue = variant/run."
     ckpt = validate_checkpoints(ckpt); h = _hue(ckpt, hue)
-    measures = _default_measures(ckpt, target) if measures is None else list(measures)
+    measures = ordered_measures(ckpt, drop=[target]) if measures is None else list(measures)
     missing = [m for m in measures + ([target] if target else []) if m not in set(ckpt['measure'])]
     if missing: raise ValueError(f"measure(s) {missing} are not in the table (it has {sorted(set(ckpt['measure']))})")
     bands, ncols = seed_bands(ckpt, h, conf), min(ncols, len(measures))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12b_presets.ipynb #b2e5e003
 from __future__ import annotations
-import os, math
+import os, math, json
 from dataclasses import fields
 from pathlib import Path
 from typing import NamedTuple
@@ -15,8 +15,8 @@ from .runs import variant_label, parse_variant
 # %% auto #0
 __all__ = ['PRESETS', 'FRESH_TASKS', 'OPTION_FIELDS', 'DATA_HELP', 'OptionField', 'OptionError', 'require', 'check_number',
            'check_option', 'option_field', 'parse_seeds', 'check_variant', 'regularized', 'check_device', 'check_out',
-           'check_data', 'resolve_settings', 'train_config', 'analysis_config', 'study_variants', 'train_variant',
-           'check_name']
+           'check_data', 'check_run_config', 'resolve_settings', 'train_config', 'analysis_config', 'study_variants',
+           'train_variant', 'check_name']
 
 # %% ../nbs/12b_presets.ipynb #1b6853c1
 PRESETS = {
@@ -26,29 +26,20 @@ PRESETS = {
     'omniglot-5w1s': dict(dataset='omniglot', n_way=5, shots=1, queries=15, meta_iters=40000, meta_batch=32, inner_lr=0.4, inner_steps_train=1,
                           inner_steps_test=10, outer_lr=1e-3, model_kwargs={}, checkpoints=21, n_tasks=100, tol=1e-3,
                           variants=('maml',), reg_strength=0.1, threads=None, needs_data=True),
-    'omniglot-20w1s': dict(dataset='omniglot', n_way=20, shots=1, queries=15, meta_iters=40000, meta_batch=16, inner_lr=0.1, inner_steps_train=5,
-                           inner_steps_test=10, outer_lr=1e-3, model_kwargs={}, checkpoints=21, n_tasks=100, tol=1e-3,
-                           variants=('maml',), reg_strength=0.1, threads=None, needs_data=True),
-    'miniimagenet-5w1s': dict(dataset='miniimagenet', n_way=5, shots=1, queries=15, meta_iters=60000, meta_batch=4, inner_lr=0.01, inner_steps_train=5,
-                              inner_steps_test=10, outer_lr=1e-3, model_kwargs={}, checkpoints=21, n_tasks=100, tol=1e-3,
-                              variants=('fomaml',), reg_strength=0.1, threads=None, needs_data=True),
 }
-PRESETS['glyphs-overfit'] = dict(  # the paper's regime on the embedded data: MAML meta-overfits (see the table above)
-    dataset='glyphs', data_kwargs={'fonts': 'matplotlib', 'fracs': (0.15, 0.15, 0.7)}, n_way=5, shots=1, queries=5, meta_iters=3000, meta_batch=8,
-    inner_lr=0.4, inner_steps_train=1, inner_steps_test=10, outer_lr=1e-3, model_kwargs={'hidden': 32}, checkpoints=13, n_tasks=16, tol=1e-2,
-    variants=('maml', 'fomaml', 'finetune', 'maml+coherence_step', 'maml+grad_norm'), reg_strength=0.1, threads=1, needs_data=False,
-    val_every=100, val_tasks=100)
+PRESETS['omniglot-20w1s'] = dict(PRESETS['omniglot-5w1s'], n_way=20, meta_batch=16, inner_lr=0.1, inner_steps_train=5)
+PRESETS['miniimagenet-5w1s'] = dict(PRESETS['omniglot-5w1s'], dataset='miniimagenet', meta_iters=60000, meta_batch=4, inner_lr=0.01, inner_steps_train=5,
+                                    variants=('fomaml',))
+PRESETS['glyphs-overfit'] = dict(PRESETS['quick'],  # the paper's regime on the embedded data: MAML meta-overfits (its differences from quick: the table above)
+    data_kwargs={'fonts': 'matplotlib', 'fracs': (0.15, 0.15, 0.7)}, meta_iters=3000, checkpoints=13,
+    variants=('maml', 'fomaml', 'finetune', 'maml+coherence_step', 'maml+grad_norm'), val_every=100, val_tasks=100)
 PRESETS['tiny'] = dict(dataset='sinusoid', n_way=2, shots=5, queries=10, meta_iters=40, meta_batch=4, inner_lr=0.01, inner_steps_train=1,
                        inner_steps_test=5, outer_lr=1e-3, model_kwargs={'sizes': [1, 16, 16, 1]}, checkpoints=6, n_tasks=6, tol=1e-2,
                        variants=('maml', 'finetune', 'maml+coherence_step'), reg_strength=0.1, threads=1, needs_data=False)  # for tests: seconds
-PRESETS['sweep-glyphs'] = dict(  # the base of `metanb sweep`: small and validated, so a grid of runs fits a CPU (see metanb.sweep)
-    dataset='glyphs', data_kwargs={'fonts': 'matplotlib'}, n_way=5, shots=1, queries=5, meta_iters=300, meta_batch=4, inner_lr=0.4,
-    inner_steps_train=1, inner_steps_test=5, outer_lr=1e-3, model_kwargs={'hidden': 32}, checkpoints=4, n_tasks=8, tol=1e-2,
-    variants=('maml',), reg_strength=0.1, threads=1, needs_data=False, val_every=50, val_tasks=50, fresh=200)
-PRESETS['sinusoid'] = dict(  # sinusoid regression at a small size (the matrix's regression family; see metanb.matrix)
-    dataset='sinusoid', n_way=2, shots=5, queries=10, meta_iters=500, meta_batch=8, inner_lr=0.01, inner_steps_train=1, inner_steps_test=5,
-    outer_lr=1e-3, model_kwargs={'sizes': [1, 40, 40, 1]}, checkpoints=6, n_tasks=16, tol=1e-2, variants=('maml',), reg_strength=0.1,
-    threads=1, needs_data=False, fresh=200)
+PRESETS['sweep-glyphs'] = dict(PRESETS['quick'],  # the base of `metanb sweep`: small and validated, so a grid of runs fits a CPU (see metanb.sweep)
+    meta_iters=300, meta_batch=4, inner_steps_test=5, checkpoints=4, n_tasks=8, variants=('maml',), val_every=50, val_tasks=50, fresh=200)
+PRESETS['sinusoid'] = dict(PRESETS['tiny'],  # sinusoid regression at a small size (the matrix's regression family; see metanb.matrix)
+    meta_iters=500, meta_batch=8, model_kwargs={'sizes': [1, 40, 40, 1]}, n_tasks=16, variants=('maml',), fresh=200)
 FRESH_TASKS = 600  # fresh meta-test tasks per run at its final checkpoint (claim 6: the paper's 600-task protocol)
 
 class OptionField(NamedTuple):
@@ -150,6 +141,12 @@ def check_data(preset:dict, data:str|None, option:str='--data') -> Path|None:
     require(p.exists(), option, f"{p} does not exist")
     require(p.is_dir(), option, f"{p} is not a folder")
     return p
+
+def check_run_config(f:Path, option:str):
+    "A run's config.json must be a JSON object (an edited or truncated one fails here, naming the file)."
+    try: c = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise OptionError(option, f"{f} is not valid JSON ({e}): restore it, or train the run again") from None
+    require(isinstance(c, dict), option, f"{f} must hold a JSON object (the run's settings), got {type(c).__name__}")
 
 # %% ../nbs/12b_presets.ipynb #50045b53
 def resolve_settings(preset:str, # a name of `PRESETS`

@@ -13,7 +13,7 @@ from .core import write_text
 from .runs import list_checkpoints
 from .train import checkpoint_steps
 from .analysis import collect
-from .stats import GENERALIZATION, validate_checkpoints, variant_summary, ci_text
+from .stats import GENERALIZATION, generalization_measure, validate_checkpoints, variant_summary, ci_text
 from .claims import claims_table, study_inputs, learning_curves, overfitting
 from .runs import read_pairwise, analysed_steps
 
@@ -38,15 +38,11 @@ def md_table(df, # a pandas DataFrame
 # %% ../nbs/13a_report.ipynb #c0586f70
 SUMMARY_MEASURES = ('top_eig', 'support_loss', 'distance', 'traj_coherence', 'grad_coherence')
 
-def _target(ckpt) -> str:
-    "Generalization: query accuracy, or the query loss for regression runs (no accuracy)."
-    return GENERALIZATION if GENERALIZATION in set(ckpt['measure']) else 'query_loss'
-
 def summary_table(ckpt:pd.DataFrame, conf:float=0.95) -> pd.DataFrame:
     "Per variant (or run): final generalization with its CI over seeds (or tasks), and the final landscape measures."
     ckpt = validate_checkpoints(ckpt)
     g = 'variant' if 'variant' in ckpt else 'run'
-    target = _target(ckpt)
+    target = generalization_measure(ckpt)
     acc = variant_summary(ckpt, target, conf).set_index(g)
     out = pd.DataFrame({'runs': acc['n_seeds'], 'final step': [max(s) for s in acc['step']],
                         target: acc['mean'], '95% CI': [ci_text(lo, hi, k) for lo, hi, k in zip(acc['ci_low'], acc['ci_high'], acc['interval'])]})
@@ -100,7 +96,7 @@ def _figures(ckpt:pd.DataFrame, runs:list[Path], last:int, fig_dir:Path) -> tupl
     def attempt(name, f):
         try: plots.save_figure(f(), fig_dir/name, dpi=100); made.append(fig_dir/name)
         except (ValueError, KeyError, FileNotFoundError) as e: skipped.append(f"{name}: {e}")
-    t = _target(ckpt); tn = 'accuracy' if t == GENERALIZATION else t
+    t = generalization_measure(ckpt); tn = 'accuracy' if t == GENERALIZATION else t
     attempt('measures_vs_step.png', lambda: plots.plot_measures_vs_step(ckpt, target=t))
     for m in ('traj_coherence', 'grad_coherence'):
         attempt(f'{m}_vs_{tn}.png', lambda m=m: plots.plot_coherence_vs_accuracy(ckpt, m, target=t, n_resamples=500))

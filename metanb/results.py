@@ -13,7 +13,7 @@ import torch
 from fastcore.basics import patch_to
 from .core import atomic_write, unstack_params
 from .landscape import Landscape
-from .stats import MEASURES, validate_checkpoints, validate_tasks
+from .stats import ordered_measures, validate_checkpoints, validate_tasks
 from . import runs
 
 # %% auto #0
@@ -146,8 +146,7 @@ class RunResults:
 @patch_to(RunResults, as_prop=True)
 def measures(self) -> list[str]:
     "The measures of the per-checkpoint table, generalization first, without error bounds."
-    have = set(self.summary['measure'])
-    return [m for m in list(MEASURES) + sorted(have - set(MEASURES)) if m in have and not m.endswith('_err')]
+    return ordered_measures(self.summary)
 
 @patch_to(RunResults, as_prop=True)
 def task_ids(self) -> list[int]:

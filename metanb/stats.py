@@ -12,11 +12,12 @@ from scipy import stats
 from .runs import TASK_COLUMNS, SUMMARY_COLUMNS, parse_variant
 
 # %% auto #0
-__all__ = ['GENERALIZATION', 'MIN_CHECKPOINTS', 'MEASURES', 'CORRELATIONS', 'ALPHA', 'MIN_SEEDS', 'check_frame', 'validate_tasks',
-           'validate_checkpoints', 'run_keys', 'bootstrap_ci', 'mean_ci', 'aggregate_tasks', 'correlation',
-           'checkpoint_wide', 'correlations', 'trends', 'synthetic_study', 'task_se', 'aggregate_seeds', 'ci_text',
-           'final_values', 'variant_summary', 'variant_difference', 'spearman_last', 'holm', 'seeds_needed',
-           'seed_inference', 'tost', 'difference', 'peak_start']
+__all__ = ['GENERALIZATION', 'MIN_CHECKPOINTS', 'MEASURES', 'CORRELATIONS', 'ALPHA', 'MIN_SEEDS', 'ordered_measures',
+           'generalization_measure', 'check_frame', 'validate_tasks', 'validate_checkpoints', 'run_keys',
+           'bootstrap_ci', 'mean_ci', 'aggregate_tasks', 'correlation', 'checkpoint_wide', 'correlations', 'trends',
+           'synthetic_study', 'task_se', 'aggregate_seeds', 'ci_text', 'final_values', 'variant_summary',
+           'variant_difference', 'spearman_last', 'holm', 'seeds_needed', 'seed_inference', 'tost', 'difference',
+           'peak_start']
 
 # %% ../nbs/10_stats.ipynb #212b0052
 GENERALIZATION = 'query_acc'
@@ -33,6 +34,17 @@ MEASURES = {
     'grad_coherence': 'gradient coherence: mean pairwise <g_i, g_j> at theta_s (per checkpoint)',
     'grad_coherence_cos': 'gradient coherence, cosine version (per checkpoint)',
 }
+
+# %% ../nbs/10_stats.ipynb #ca6771b5
+def ordered_measures(ckpt:pd.DataFrame, # a per-checkpoint (or per-task) table
+                     drop:Sequence[str]=()) -> list[str]:
+    "The measures of `ckpt` in the order of `MEASURES` (others after them, sorted), without error bounds ('*_err') and `drop`."
+    have = set(ckpt['measure'])
+    return [m for m in list(MEASURES) + sorted(have - set(MEASURES)) if m in have and m not in drop and not m.endswith('_err')]
+
+def generalization_measure(ckpt:pd.DataFrame) -> str:
+    "The generalization measure of `ckpt`: query accuracy, or the query loss for regression runs (they have no accuracy)."
+    return GENERALIZATION if GENERALIZATION in set(ckpt['measure']) else 'query_loss'
 
 # %% ../nbs/10_stats.ipynb #791fdba4
 def check_frame(df, required, what):

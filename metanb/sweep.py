@@ -213,7 +213,9 @@ def sweep_jobs(s:dict, grid:Grid, seeds:Sequence[int], root:Path, variant:str='m
 # %% ../nbs/15a_sweep.ipynb #7caa5b5a
 def _generalization(ckpt:pd.DataFrame) -> tuple[str, int]:
     "A run's generalization measure and its sign: query accuracy (+1), or the query loss of regression runs (-1: lower is better)."
-    return (TARGET, 1) if TARGET in set(ckpt['measure']) else ('query_loss', -1)
+    from metanb.stats import generalization_measure
+    target = generalization_measure(ckpt)
+    return target, 1 if target == TARGET else -1
 
 def _measures_at(ckpt:pd.DataFrame, step:int, fresh:Path, target:str) -> dict:
     "The measures of one run at checkpoint `step`; generalization on the fresh tasks of file `fresh` when they were scored there, else on the analysis tasks."
@@ -346,22 +348,21 @@ def write_sweep_report(table:pd.DataFrame, # from `sweep_runs`
 def run_sweep(o, # the checked `metanb.cli.RunOptions`
               grid:Grid, seeds:Sequence[int], variant:str='maml', name:str|None=None,
               fresh:int|None=None, # fresh meta-test tasks per run (None: the preset's, else 0)
-              executor:tuple=('inline', None, None), # (name, SlurmOptions, local workers) from the cli's executor options
+              executor:tuple=('inline', None, None), # (name, SlurmOptions, local workers), as `metanb.executor.run_study` takes them
               n_boot:int=1000) -> Path|None:
     "`metanb sweep`: one run per grid point and seed through the study executor (finished runs are skipped), then the report; its path."
-    from metanb import cli
+    from metanb.executor import run_study, main_rank, say, require_finished
     from metanb.presets import OptionError
-    s, (ex, sl, parallel) = o.settings, executor
+    s = o.settings
     root = o.out/f"sweep-{name or s['preset'].removeprefix('sweep-')}"
     try: jobs = sweep_jobs(s, grid, seeds, root, variant, o.device, s.get('fresh', 0) if fresh is None else fresh)
     except ValueError as e: raise OptionError('--axes', str(e)) from None
-    if o.no_resume: cli._fresh([Path(j.run_dir) for j in jobs])
-    cli._say(f"metanb sweep: {len(grid)} points x {len(seeds)} seeds = {len(jobs)} runs of preset {s['preset']} ({variant}) -> {root} ({ex} executor)")
-    dirs, missing = cli._run_study_jobs(jobs, ex, parallel, sl, o.quiet)
-    if not cli._main_rank(): return None
+    dirs, missing = run_study(jobs, executor, o.quiet, o.no_resume,
+                              f"metanb sweep: {len(grid)} points x {len(seeds)} seeds = {len(jobs)} runs of preset {s['preset']} ({variant}) -> {root} ({executor[0]} executor)")
+    if not main_rank(): return None
     done = {str(d) for d in dirs}
     runs = [dict(run_dir=j.run_dir, point=p, seed=j.seed) for j, p in zip(jobs, [p for p in grid.points for _ in seeds]) if j.run_dir in done]
     rep = write_sweep_report(sweep_runs(runs), list(grid.axes), root, f"metanb sweep: {root.name}", missing, n_boot)
-    cli._say(f"report: {rep}")
-    if missing: cli._incomplete(missing, len(jobs))
+    say(f"report: {rep}")
+    require_finished(missing, len(jobs))
     return rep

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11b_view.ipynb #7f6d2f51
 from __future__ import annotations
-import io
+import io, functools, inspect
 from typing import Callable, Sequence
 import numpy as np
 from matplotlib.figure import Figure
@@ -37,19 +37,28 @@ class ExplorerView:
         self.results, self.dpi, self.width = results, dpi, width
         self._measures, self._pngs = None, {}   # the measures figure (drawn once); recent PNGs by what they show
 
-    def _cached(self, key, f:Callable) -> bytes:
-        "PNG `f()` remembered under `key` (the last 64)."
-        if key not in self._pngs:
-            if len(self._pngs) >= 64: self._pngs.pop(next(iter(self._pngs)))
-            self._pngs[key] = f()
-        return self._pngs[key]
-
     def _cursor(self, step:int):
         "Move every panel's cursor and value marker of the measures figure to checkpoint `step`."
         vals = self.results.values(step)['value']
         for m, (ax, line, dot) in self._measures[1].items():
             line.set_xdata([step, step]); dot.set_data([step], [vals.get(m, np.nan)])
             ax.set_title(f'{m} = {vals.get(m, np.nan):.3g}', fontsize=9)
+
+def _key(v):
+    "An argument as part of a cache key: sequences as tuples, numpy integers as ints."
+    return tuple(_key(x) for x in v) if isinstance(v, (list, tuple)) else int(v) if isinstance(v, np.integer) else v
+
+def _cached_png(draw:Callable) -> Callable:
+    "An `ExplorerView` method from `draw(self, ...)`, which returns a Figure: its PNG, remembered under the method and its arguments (the last 64)."
+    @functools.wraps(draw)
+    def png(self, *args, **kwargs) -> bytes:
+        a = inspect.signature(draw).bind(self, *args, **kwargs); a.apply_defaults()
+        key = (draw.__name__, *map(_key, list(a.arguments.values())[1:]))
+        if key not in self._pngs:
+            if len(self._pngs) >= 64: self._pngs.pop(next(iter(self._pngs)))
+            self._pngs[key] = _png(draw(self, *args, **kwargs), self.dpi)
+        return self._pngs[key]
+    return png
 
 # %% ../nbs/11b_view.ipynb #ed3e8068
 @patch_to(ExplorerView)
@@ -75,14 +84,14 @@ def _draw_measures(self, ncols:int=3):
 
 # %% ../nbs/11b_view.ipynb #74366377
 @patch_to(ExplorerView)
+@_cached_png
 def measures_png(self, step:int) -> bytes:
     "Every measure vs meta-training iteration, with a cursor at checkpoint `step`."
-    def _draw():
-        if self._measures is None: self._measures = self._draw_measures()
-        self._cursor(step); png = _png(self._measures[0], self.dpi)
-        self._measures[0].set_layout_engine('none')        # laid out by the first drawing; keep that layout
-        return png
-    return self._cached(('measures', self.results.check_step(step)), _draw)
+    step = self.results.check_step(step)
+    if self._measures is None: self._measures = self._draw_measures()
+    else: self._measures[0].set_layout_engine('none')    # laid out by the first drawing; keep that layout
+    self._cursor(step)
+    return self._measures[0]
 
 # %% ../nbs/11b_view.ipynb #0a34c556
 @patch_to(ExplorerView)
@@ -116,45 +125,34 @@ def _slice_2d(self, land:Landscape, tasks:tuple, loss:str, ax, i:int):
 
 # %% ../nbs/11b_view.ipynb #611c7c3d
 @patch_to(ExplorerView)
+@_cached_png
 def slice_png(self, step:int, tasks:Sequence[int], kind:str='1d', loss:str='support') -> bytes:
     "The slice (step, tasks, kind) of the `loss` as a figure: curves for '1d', a contour plot per task for the planes."
-    key = (int(step), tuple(int(t) for t in tasks), kind, loss)
-    return self._cached(('slice',) + key, lambda: self._slice_png(self.results.slice(*key[:3]), *key))
-
-@patch_to(ExplorerView)
-def _slice_png(self, lands, step, tasks, kind, loss):
-    n = 1 if kind == '1d' else len(tasks)
+    step, tasks = int(step), tuple(int(t) for t in tasks)
+    lands, n = self.results.slice(step, tasks, kind), 1 if kind == '1d' else len(tasks)
     fig, axs = _figure_px(self.width, 300, self.dpi, 1, n)
     if kind == '1d': self._slice_1d(lands, tasks, loss, axs[0, 0])
     else:
         for i in range(n): self._slice_2d(lands[0], tasks, loss, axs[0, i], i)
     note = ' (solutions projected onto the plane)' if any(l.meta.get('projected') for l in lands) else ''
     fig.suptitle(f"{SLICE_KINDS[kind]} at step {step}{note}", fontsize=10)
-    return _png(fig, self.dpi)
+    return fig
 
 # %% ../nbs/11b_view.ipynb #6f4c99b3
 @patch_to(ExplorerView)
+@_cached_png
 def cosine_png(self, step:int, tasks:Sequence[int]=()) -> bytes:
     "The pairwise trajectory-cosine heatmap at `step`, the rows of `tasks` framed."
-    return self._cached(('cosine', int(step), tuple(tasks)), lambda: self._cosine_png(int(step), tuple(tasks)))
-
-@patch_to(ExplorerView)
-def _cosine_png(self, step, tasks):
     from matplotlib.patches import Rectangle
-    m, ids = self.results.cosine(step)
+    step = int(step); m, ids = self.results.cosine(step)
     fig, axs = _figure_px(self.width // 2, 280, self.dpi); ax = axs[0, 0]
     plot_cosine_heatmap(m, labels=[str(t) for t in ids], title=f'trajectory cosines, step {step}', ax=ax)
     for j, t in enumerate(tasks):
         if t in ids: ax.add_patch(Rectangle((0, ids.index(t)), len(ids), 1, fill=False, ec=TASK_COLORS[j], lw=2.5, clip_on=False))
     ax.tick_params(labelsize=7); ax.set(xlabel='task', ylabel='task')
-    return _png(fig, self.dpi)
+    return fig
 
 # %% ../nbs/11b_view.ipynb #62f43c2e
-@patch_to(ExplorerView)
-def support_png(self, tasks:Sequence[int], max_images:int=8) -> bytes:
-    "The support sets of `tasks`: a row of images per task (labelled by class), or their points for regression."
-    return self._cached(('support', tuple(tasks), max_images), lambda: self._support_png(tuple(tasks), max_images))
-
 def _as_image(x:np.ndarray) -> np.ndarray:
     "A `[C, H, W]` image as `[H, W]` or `[H, W, 3]` in [0, 1] (min-max scaled: inputs may be normalized)."
     x = np.asarray(x, 'float64'); x = (x - x.min()) / max(x.max() - x.min(), 1e-12)
@@ -168,8 +166,9 @@ def _mosaic(xs:np.ndarray, n:int, pad:int=2) -> np.ndarray:
 
 # %% ../nbs/11b_view.ipynb #7ed26d44
 @patch_to(ExplorerView)
-def _support_png(self, tasks, max_images):
-    "Image support sets: a row of the first `max_images` images per task, labelled by class."
+@_cached_png
+def support_png(self, tasks:Sequence[int], max_images:int=8) -> bytes:
+    "The support sets of `tasks`: a row of the first `max_images` images per task (labelled by class), or their points for regression."
     sets = [self.results.support(t) for t in tasks]
     if sets[0][0].ndim != 4: return self._support_points(tasks, sets)
     fig, axs = _figure_px(self.width // 2, 40 + 95 * len(sets), self.dpi, len(sets), 1)
@@ -182,7 +181,7 @@ def _support_png(self, tasks, max_images):
         ax.set_ylabel(f'task {t}', fontsize=9, color=TASK_COLORS[i])
         for sp in ax.spines.values(): sp.set_color(TASK_COLORS[i]); sp.set_linewidth(2)
     fig.suptitle('support images', fontsize=10)
-    return _png(fig, self.dpi)
+    return fig
 
 # %% ../nbs/11b_view.ipynb #0ba6bbe9
 @patch_to(ExplorerView)
@@ -192,4 +191,4 @@ def _support_points(self, tasks, sets):
     for i, (t, (xs, ys)) in enumerate(zip(tasks, sets)):
         ax.plot(np.ravel(xs), np.ravel(ys), 'o', color=TASK_COLORS[i], label=f'task {t}', ms=5)
     ax.set(xlabel='x', ylabel='y'); ax.legend(fontsize=8); ax.grid(alpha=0.3); ax.set_title('support points', fontsize=10)
-    return _png(fig, self.dpi)
+    return fig
