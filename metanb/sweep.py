@@ -299,7 +299,10 @@ def reading(rank:pd.DataFrame, # `ranking` with `p_holm` (from `grid_pvalues`)
     out = [f"- Ranks generalization as expected (tau CI above 0, grid test p_holm < {alpha}): {', '.join(pos) or 'no measure'}.",
            f"- Ranks it the wrong way (tau CI below 0, grid test p_holm < {alpha}): {', '.join(neg) or 'no measure'}."]
     need = min_grid_points(alpha, len(rank))
-    if none and seeds > 1: out.append(f"- Cannot decide for {', '.join(none)}: their tau CI spans 0 or the grid's test does not reject (no evidence either way at this size, not evidence of no link).")
+    spans = [r.label for r in rank.itertuples() if r.label in none and not (r.tau_low > 0 or r.tau_high < 0)]
+    grid = [l for l in none if l not in spans]
+    if spans and seeds > 1: out.append(f"- Cannot decide for {', '.join(spans)}: their tau CI spans 0 (no evidence either way at this size, not evidence of no link).")
+    if grid and seeds > 1: out.append(f"- Cannot decide for {', '.join(grid)}: the seeds' interval excludes 0, but over these grid points the ordering could be chance (grid test p_holm >= {alpha}): more grid points decide.")
     if n_points < need: out.append(f"- {n_points} grid points: Kendall's test over them cannot reach p < {alpha} for {len(rank)} measures (its smallest p is 2/{n_points}! = {2 / math.factorial(n_points):.3f}); "
                                    f"a grid of at least {need} points decides (e.g. three values on one axis and two on another).")
     if seeds < 2: out.append("- One seed per point: resampling seeds cannot vary anything, so the intervals above are not CIs and the grid decides nothing; use >= 3 seeds.")
@@ -324,7 +327,7 @@ def _ranking_section(stats:pd.DataFrame, at:str, table:pd.DataFrame, axes:Sequen
              md_table(ranking_markdown(rank)), '', f'![sweep at {at}](figures/{fig.name})', '', '### What this grid can decide', '',
              *reading(rank, len(per), int(per.min())), '']
     if at == 'peak' and {'peak_step', 'final_step'} <= set(n) and (n['peak_step'] == n['final_step']).all():
-        lines[3:3] = ["Every run's validation peak is its final checkpoint (accuracy was still rising): this section repeats the final one; "
+        lines[4:4] = ["Every run's validation peak is its final checkpoint (accuracy was still rising): this section repeats the final one; "
                       "train longer or validate more often to measure a peak before the end.", '']
     return lines, rank.assign(at=at)
 
@@ -333,7 +336,7 @@ def write_sweep_report(table:pd.DataFrame, # from `sweep_runs`
     "Write root/report.md, runs.csv (one row per run) and measures.csv (the rankings at the final checkpoint and the peak)."
     from metanb.core import write_text
     root = Path(root); write_text(root/'runs.csv', table.to_csv(index=False))
-    lines, ranks = [f'# {title}', '', f"Axes: {', '.join(f'{a} = {sorted(set(table[a]), key=str)}' for a in axes)}; seeds: {sorted(set(table['seed']))}; "
+    lines, ranks = [f'# {title}', '', f"Axes: {', '.join(f'{a} = {sorted(set(table[a]), key=lambda v: (isinstance(v, str), v))}' for a in axes)}; seeds: {sorted(set(table['seed']))}; "
                     f"runs: {len(table)}. One row per run: runs.csv; the rankings: measures.csv.", ''], []
     stats = sweep_rankings(table, axes, n_boot)
     for at, st in stats.items(): l, r = _ranking_section(st, at, table, axes, root); lines += l; ranks.append(r)
