@@ -193,7 +193,7 @@ def part_batch(args, report):
     configs = [(m, v, c) for m, v, c in args.configs]
     vals = {}
     for method, vectorize, chunk in configs:
-        lf = make_batch_loss_fn(model, tb.xs, tb.ys, vectorize=vectorize)
+        lf = make_batch_loss_fn(model, tb.xs, tb.ys, batching='vmap' if vectorize else 'loop')
         r, dt = timed(lambda: batch_top_eigenvalue(lf, ad, rtol=args.rtol, method=method, chunk_size=chunk, max_iter=300), args.device)
         vals[(method, vectorize, chunk)] = rec(f"batch {method} {'vmap' if vectorize else 'loop'} chunk={chunk}", r, dt).value
     if args.loop:

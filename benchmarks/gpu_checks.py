@@ -87,6 +87,35 @@ def section_parity(out):
     out['parity'] = {'results': res, 'wrong': bad, 'status': 'ok' if not bad else 'fail'}
 
 
+def section_batching(out, device='cuda'):
+    "One task-mapping switch on the GPU: regularized meta-gradients follow the caller's mode, and the analysis (through maml.evaluate) equals the CPU's."
+    import torch
+    from metanb.core import params_of
+    from metanb.maml import meta_grad, resolve_batching
+    from metanb.regularizers import make_regularizer
+    from metanb.analysis import AnalysisConfig, measure_checkpoint
+    from metanb.testutils import tiny_conv4, image_batch
+    res, model, tasks = {}, tiny_conv4(dtype=torch.float64), image_batch(n_tasks=4, dtype=torch.float64)
+    for reg in ('coherence_step', 'traj_coherence', 'grad_coherence', 'grad_norm'):
+        r = make_regularizer(reg, 0.1)
+        ref, _ = meta_grad(model, params_of(model), tasks, steps=2, lr=0.1, batching='loop', regularizer=r)
+        gm, gt = model.to(device), tasks.to(device)
+        for b in ('loop', 'vmap', 'auto'):
+            g, _ = meta_grad(gm, params_of(gm), gt, steps=2, lr=0.1, batching=b, regularizer=r)
+            res[f'{reg}/{b}'] = {'rel_err': rel_err(g, ref)}
+        model.to('cpu')
+    res['auto_resolves_to'] = resolve_batching('auto', device, model=model)
+    cfg = dict(n_tasks=4, tol=1e-8, max_iter=200, trace=False)
+    cpu = measure_checkpoint(model, params_of(model), tasks, AnalysisConfig(**cfg, device='cpu', batching='loop'), steps=3, lr=0.1)
+    gm, gt = model.to(device), tasks.to(device)
+    gpu = measure_checkpoint(gm, params_of(gm), gt, AnalysisConfig(**cfg, device=device, batching='auto'), steps=3, lr=0.1)
+    for k, v in cpu['task'].items():
+        a, b = v.double().cpu(), gpu['task'][k].double().cpu()
+        res[f'analysis/{k}'] = {'rel_err': float((a - b).norm() / a.norm().clamp_min(1e-300))}
+    bad = {k: v for k, v in res.items() if isinstance(v, dict) and not k.endswith('_err') and not v.get('rel_err', 1) <= 1e-7}  # error bounds may differ
+    out['batching'] = {'results': res, 'wrong': bad, 'status': 'ok' if not bad else 'fail'}
+
+
 def notebook_script(nb:Path, flags=('cuda',)) -> str:
     "The code cells of `nb` as one script: cells flagged `flags` included, `#| eval: false` and other flagged cells left out."
     cells, skip = json.loads(nb.read_text())['cells'], {'slow', 'cuda'} - set(flags)
@@ -112,7 +141,7 @@ def run(cmd, timeout, env=None, log=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--out', type=Path, default=Path(os.environ.get('OUT', 'gpu_out')))
-    ap.add_argument('--sections', nargs='+', default=['parity', 'distributed', 'study', 'maml_step', 'curvature'])
+    ap.add_argument('--sections', nargs='+', default=['parity', 'batching', 'distributed', 'study', 'maml_step', 'curvature'])
     ap.add_argument('--budget', type=int, default=150, help='seconds for each subprocess section')
     ap.add_argument('--fresh-runs', type=Path, default=None, help='folder of run directories for the fresh section')
     ap.add_argument('--data', type=Path, default=None, help="METANB_DATA for the fresh section (the dataset cache)")
@@ -127,6 +156,7 @@ def main():
         t = time.time(); print(f'== {s}', flush=True)
         try:
             if s == 'parity': section_parity(out)
+            elif s == 'batching': section_batching(out)
             elif s == 'distributed':
                 script = Path(tempfile.mkdtemp())/'dist.py'
                 script.write_text(notebook_script(ROOT/'nbs/14_distributed.ipynb'))
