@@ -45,7 +45,7 @@ class Explorer:
         r = self.results
         step = r.steps[-1] if step is None else r.check_step(step)
         tasks = tuple(r.task_ids[:2] if tasks is None else tasks)
-        r._check_slice_args(step, tasks, kind if kind != 'tasks' or len(tasks) == 2 else '1d', loss)
+        r.check_slice_args(step, tasks, kind if kind != 'tasks' or len(tasks) == 2 else '1d', loss)
         self._build(step, tasks, kind, loss); self._wire()
         self.refresh()
 
@@ -215,7 +215,7 @@ def state(self) -> dict:
 @patch_to(Explorer)
 def set(self, step:int|None=None, tasks:Sequence[int]|None=None, kind:str|None=None, loss:str|None=None) -> Explorer:
     "Change several controls at once, as a user would, with one update of the panels."
-    self.results._check_slice_args(self.step if step is None else step, self.tasks if tasks is None else tasks,   # all checked first
+    self.results.check_slice_args(self.step if step is None else step, self.tasks if tasks is None else tasks,   # all checked first
                                    '1d' if kind in (None, 'tasks') else kind, 'support' if loss is None else loss)
     self._quiet = True
     try:

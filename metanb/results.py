@@ -190,7 +190,7 @@ def support(self, task:int) -> tuple[np.ndarray, np.ndarray]:
 
 # %% ../nbs/11a_results.ipynb #e7b12114
 @patch_to(RunResults)
-def _check_slice_args(self, step, tasks, kind, loss='support'):
+def check_slice_args(self, step, tasks, kind, loss='support'):
     "Validated (step, tasks) for a slice request, with clear errors for every bad argument."
     if kind not in SLICE_KINDS: raise ValueError(f"unknown slice kind {kind!r}: use one of {list(SLICE_KINDS)}")
     if loss not in LOSSES: raise ValueError(f"unknown loss {loss!r}: use one of {LOSSES}")
@@ -223,7 +223,7 @@ def _fingerprint(self, step:int) -> str:
 @patch_to(RunResults)
 def slice_path(self, step:int, tasks:Sequence[int], kind:str) -> Path:
     "Where the slice for (step, tasks, kind) is cached."
-    step, tasks = self._check_slice_args(step, tasks, kind)
+    step, tasks = self.check_slice_args(step, tasks, kind)
     return self.cache_dir/f'step_{step:06d}'/f"{kind}_t{'-'.join(map(str, tasks))}_{self._fingerprint(step)}.npz"
 
 # %% ../nbs/11a_results.ipynb #05f90d4e
