@@ -117,9 +117,10 @@ def run_job(job:Job, # the job
             with torch_threads(job.threads):
                 analyse_run(d, job.analysis, force=job.force, progress=bars, log=say)
                 if job.fresh and main_rank():
-                    from metanb.analysis import fresh_tasks
+                    from metanb.analysis import fresh_tasks, peak_checkpoint
                     fresh_tasks(d, job.fresh, device=job.device, force=job.force)
-                    if job.validates: fresh_tasks(d, job.fresh, device=job.device, force=job.force, at='peak')
+                    if job.validates and peak_checkpoint(d) is not None:   # a regression run validates its loss only: no accuracy peak
+                        fresh_tasks(d, job.fresh, device=job.device, force=job.force, at='peak')
         except BaseException as e:  # in the log always; on the terminal only a bug's (an expected failure is one line, see metanb.cli)
             from metanb.cli import expected_error
             if redirect or os.environ.get('METANB_DEBUG', '0') not in ('', '0') or not (isinstance(e, KeyboardInterrupt) or expected_error(e)): traceback.print_exc()

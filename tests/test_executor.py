@@ -94,3 +94,16 @@ def test_slurm_job_error_and_log(slurm, tmp_path):
     assert 'Traceback' in log.read_text() and 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     rep = (study/'report.md').read_text()
     assert '## Missing runs' in rep and '`finetune-s0`' in rep and 'maml-s0' in rep
+
+
+def test_regression_job_that_validates_skips_the_peak(tmp_path, monkeypatch):
+    "A sinusoid (regression) run validated during training has no val_acc peak: its job scores fresh tasks at the final checkpoint only."
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    from metanb.presets import resolve_settings, analysis_config
+    from metanb.executor import Job, run_job
+    s = {**resolve_settings('tiny', iters=8, checkpoints=3, tasks=2), 'val_every': 4, 'val_tasks': 4}
+    job = Job(str(tmp_path/'maml-s0'), analysis_config(s), s, 'maml', 0, 'cpu', 1, fresh=20)
+    assert job.validates
+    run_job(job, redirect=False, progress=False)
+    assert (tmp_path/'maml-s0'/'analysis'/'fresh_tasks.csv').is_file() and not (tmp_path/'maml-s0'/'analysis'/'fresh_tasks_peak.csv').exists()
+    assert job.done()
