@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from .runs import CONFIG, LOG, ANALYSIS_DIR, parse_variant, read_config, read_log, run_identity
-from .stats import (GENERALIZATION, ALPHA, MIN_SEEDS, validate_checkpoints, run_keys, task_se, spearman_last, holm, seeds_needed,
+from .stats import (GENERALIZATION, generalization_measure, ALPHA, MIN_SEEDS, validate_checkpoints, run_keys, task_se, spearman_last, holm, seeds_needed,
                           seed_inference, tost, difference, mean_ci, peak_start, check_frame)
 
 # %% auto #0
@@ -109,10 +109,11 @@ def change_effect(x, start):
 def claim_effects(X:dict, # {measure: [draws, seeds, steps]} (see `study_arrays`)
                   steps:np.ndarray, start:Sequence[int]|None=None, # per seed: first checkpoint index at or after the validation peak
                   rows:Sequence[str]|None=None, # only these rows (default: all the measures allow)
+                  gen:str=GENERALIZATION, # the generalization measure in X, higher = better (regression: the negated query loss)
                  ) -> dict:
     "Per-seed effects of the checkpoint claims: `{row: (effects [draws, seeds], expected sign, variance factor, df)}`."
     k, has, out = next(iter(X.values())).shape[1], set(X), {}   # {row: (thunk, expected, variance factor, df)}
-    fd, G = fluct_design(k), GENERALIZATION
+    fd, G = fluct_design(k), gen
     if 'top_eig' in has: out['1a'] = (lambda: trend_effect(steps, X['top_eig']), -1, 1.0, None)
     if {'top_eig', 'support_loss'} <= has: out['1a/loss'] = (lambda: trend_effect(steps, X['top_eig'] / X['support_loss']), -1, 1.0, None)
     if 'support_loss' in has: out['1b'] = (lambda: trend_effect(steps, X['support_loss']), -1, 1.0, None)
@@ -185,13 +186,15 @@ _NEEDS = {'top_eig': ('1a', '1a/loss', '2', 'ref'), 'support_loss': ('1a/loss', 
 def checkpoint_rows(ckpt:pd.DataFrame, val:pd.DataFrame|None=None, conf:float=0.95, n_draws:int=200, seed:int=0,
                     tasks:pd.DataFrame|None=None) -> list[dict]:
     "Rows of claims 1-4 (and the flatness reference) from one variant's per-checkpoint table (and its validation curves)."
-    have = [m for m in _NEEDS if m in set(ckpt['measure'])]
+    G = generalization_measure(ckpt)   # query accuracy; for regression runs (no accuracy) the query loss
+    have = [m for m in _NEEDS if m in set(ckpt['measure'])] + ([G] if G != GENERALIZATION else [])
     steps, runs, X = study_arrays(ckpt, have, n_draws, seed, tasks)
+    if G != GENERALIZATION: X = {**X, G: -X[G]}   # a loss: its negative plays accuracy's part (higher = better)
     start, no_val = None, "needs validation curves (val_acc in each run's train_log.csv: metanb.claims.study_inputs)"
     if val is not None:
         try: start = peak_start(val, runs, steps)
         except ValueError as e: no_val = str(e)
-    eff, rows = claim_effects(X, steps, start), []
+    eff, rows = claim_effects(X, steps, start, gen=G), []
     for row, (c, _, role) in EFFECTS.items():
         if row not in eff:
             miss = [m for m, rs in _NEEDS.items() if row.split()[0] in rs and m not in have]
@@ -201,7 +204,8 @@ def checkpoint_rows(ckpt:pd.DataFrame, val:pd.DataFrame|None=None, conf:float=0.
         if not np.isfinite(des):
             rows.append({**_blank(row, f'needs >= {MIN_SEEDS} seeds: the shared trend is removed across seeds'), 'verdict': 'cannot decide', 'n_runs': len(runs)}); continue
         inf = seed_inference(E, e, conf, des, df, seed=seed)
-        rows.append(_measured(row, inf, e, _spread(inf, des), bounds=None if row == '2 premise' else (-1, 1)))
+        eff_text = EFFECTS[row][1].replace(GENERALIZATION, f'-{G}') if G != GENERALIZATION else None   # say what stood for accuracy
+        rows.append(_measured(row, inf, e, _spread(inf, des), effect=eff_text, bounds=None if row == '2 premise' else (-1, 1)))
     return rows
 
 # %% ../nbs/10a_claims.ipynb #5c1a1m06
