@@ -19,14 +19,14 @@ from .maml import resolve_batching, evaluate, check_params
 from .coherence import pairwise_cosine, gram, support_gradients, offdiag_mean
 from .hessian import bn_context, make_batch_loss_fn, batch_top_eigenvalue, batch_hutchinson_trace, BN_MODES
 from .stats import aggregate_tasks, validate_tasks, validate_checkpoints, peak_start
-from .runs import (LOG, ANALYSIS_DIR, STEP_FILES, TASK_COLUMNS, SUMMARY_COLUMNS, ckpt_path, list_checkpoints, read_config, read_log,
+from .runs import (LOG, ANALYSIS_DIR, STEP_FILES, TASKS, SUMMARY, FRESH, FRESH_PEAK, TASK_COLUMNS, SUMMARY_COLUMNS, ckpt_path, list_checkpoints, read_config, read_log,
                          model_from_config, meta_test_family, meta_test_settings, load_params, run_identity, step_dir, analysed_steps, read_step_meta,
                          write_pairwise, RunLock, clean_tmp)
 
 # %% auto #0
-__all__ = ['FRESH', 'FRESH_PEAK', 'FRESH_SEED', 'AnalysisConfig', 'coherence_ci', 'measure_checkpoint', 'task_table',
-           'checkpoint_table', 'file_sha256', 'cached_step', 'analyse_checkpoint', 'analyse_run', 'collect',
-           'load_analysis', 'peak_checkpoint', 'fresh_tasks']
+__all__ = ['FRESH_SEED', 'AnalysisConfig', 'coherence_ci', 'measure_checkpoint', 'task_table', 'checkpoint_table', 'file_sha256',
+           'cached_step', 'analyse_checkpoint', 'analyse_run', 'collect', 'load_analysis', 'peak_checkpoint',
+           'fresh_tasks']
 
 # %% ../nbs/09_analysis.ipynb #657d30bc
 @dataclass
@@ -182,7 +182,7 @@ def analyse_checkpoint(run_dir:str|Path, step:int, cfg:AnalysisConfig, *, model,
                 settings={**cfg.settings(), 'steps': steps, 'lr': lr}, info=res['info'], **ident,
                 device=str(device), seconds=round(time.perf_counter() - t0, 3))
     d = step_dir(run_dir, step)   # the checkpoint's files (metanb.runs.STEP_FILES), meta.json last
-    _write_csv(tt, d/'tasks.csv'); _write_csv(ct, d/'summary.csv')
+    _write_csv(tt, d/TASKS); _write_csv(ct, d/SUMMARY)
     write_pairwise(run_dir, step, ids, **res['pairwise'])
     write_json(d/'meta.json', meta)
     return tt, ct
@@ -244,19 +244,19 @@ def collect(run_dir:str|Path, steps=None, write:bool=False) -> tuple[pd.DataFram
     a = Path(run_dir)/ANALYSIS_DIR
     dirs = [d for s in (analysed_steps(run_dir) if steps is None else steps) if ((d := step_dir(run_dir, s))/'meta.json').is_file()]
     if not dirs: raise FileNotFoundError(f"{a} holds no analysed checkpoints: run metanb.analysis.analyse_run (or `metanb analyze {run_dir}`) first")
-    tasks = validate_tasks(pd.concat([pd.read_csv(d/'tasks.csv') for d in dirs], ignore_index=True))
-    summ = validate_checkpoints(pd.concat([pd.read_csv(d/'summary.csv') for d in dirs], ignore_index=True))
-    if write: _write_csv(tasks, a/'tasks.csv'); _write_csv(summ, a/'summary.csv')
+    tasks = validate_tasks(pd.concat([pd.read_csv(d/TASKS) for d in dirs], ignore_index=True))
+    summ = validate_checkpoints(pd.concat([pd.read_csv(d/SUMMARY) for d in dirs], ignore_index=True))
+    if write: _write_csv(tasks, a/TASKS); _write_csv(summ, a/SUMMARY)
     return tasks, summ
 
 def load_analysis(run_dir:str|Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Read a run's analysis/tasks.csv and analysis/summary.csv as validated tidy tables."
     a = Path(run_dir)/ANALYSIS_DIR
-    if not (a/'summary.csv').is_file(): raise FileNotFoundError(f"{a/'summary.csv'} does not exist: analyse the run first (`metanb analyze {run_dir}`)")
-    return validate_tasks(pd.read_csv(a/'tasks.csv')), validate_checkpoints(pd.read_csv(a/'summary.csv'))
+    if not (a/SUMMARY).is_file(): raise FileNotFoundError(f"{a/SUMMARY} does not exist: analyse the run first (`metanb analyze {run_dir}`)")
+    return validate_tasks(pd.read_csv(a/TASKS)), validate_checkpoints(pd.read_csv(a/SUMMARY))
 
 # %% ../nbs/09_analysis.ipynb #118dacee
-FRESH, FRESH_PEAK, FRESH_SEED = 'fresh_tasks.csv', 'fresh_tasks_peak.csv', 1_000_003
+FRESH_SEED = 1_000_003   # seed of the fresh meta-test family (the files: metanb.runs.FRESH, FRESH_PEAK)
 
 def peak_checkpoint(run_dir:str|Path) -> int|None:
     "The first checkpoint at or after the run's meta-validation accuracy peak (`train_log.csv`); None without a validation curve."

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats
-from .runs import CONFIG, LOG, ANALYSIS_DIR, parse_variant, read_config, read_log, run_identity
+from .runs import CONFIG, LOG, ANALYSIS_DIR, TASKS, FRESH, FRESH_PEAK, parse_variant, read_config, read_log, run_identity
 from .stats import (GENERALIZATION, generalization_measure, ALPHA, MIN_SEEDS, validate_checkpoints, run_keys, task_se, spearman_last, holm, seeds_needed,
                           seed_inference, tost, difference, mean_ci, peak_start, check_frame)
 
@@ -332,9 +332,9 @@ def study_inputs(run_dirs:Sequence) -> dict:
         if (d/LOG).is_file():
             log = pd.read_csv(d/LOG)
             if 'val_acc' in log and log['val_acc'].notna().any(): val.append(log[['step', 'val_acc']].dropna().assign(run=d.resolve().name, seed=int(cfg.get('seed', 0))))
-        for name, found in (('fresh_tasks.csv', fresh), ('fresh_tasks_peak.csv', peak)):   # classification only: a regression
+        for name, found in ((FRESH, fresh), (FRESH_PEAK, peak)):   # classification only: a regression
             if (a/name).is_file() and 'acc' in (f := pd.read_csv(a/name)): found.append(f)   # run's table has only the loss
-        if (a/'tasks.csv').is_file(): tasks.append(pd.read_csv(a/'tasks.csv'))
+        if (a/TASKS).is_file(): tasks.append(pd.read_csv(a/TASKS))
     every = lambda t: pd.concat(t, ignore_index=True) if t and len(t) == len(run_dirs) else None
     return dict(val=pd.concat(val, ignore_index=True) if val else None, tasks=every(tasks), fresh=every(fresh), fresh_peak=every(peak))
 

@@ -10,6 +10,7 @@ from typing import NamedTuple
 from fastcore.script import anno_parser, Param, store_true
 from fastcore.meta import delegates
 from .core import get_device
+from .runs import CONFIG, ANALYSIS_DIR, SUMMARY, analysis_file
 from .executor import Job, StudyIncomplete, executor_options, ranks, main_rank, say, train_one, run_study, require_finished, refuse_existing
 from .presets import (FRESH_TASKS, OPTION_FIELDS, OptionError, require, check_number, check_option, option_field, parse_seeds,
                             check_device, check_out, check_name, check_run_config, resolve_settings, analysis_config, study_variants, train_variant, regularized)
@@ -173,8 +174,8 @@ def _check_runs(runs:list, need:str, option:str='RUN') -> list[Path]:
     for r in runs:
         p = Path(r).expanduser()
         require(p.is_dir(), option, f"{p} is not a folder")
-        require((p/need).exists(), option, f"{p} has no {need}" + (': analyse it first (metanb analyze)' if 'analysis' in need else ': is it a run directory?'))
-        if need == 'config.json': check_run_config(p/need, option)
+        require((p/need).exists(), option, f"{p} has no {need}" + (': analyse it first (metanb analyze)' if need == ANALYSIS_DIR else ': is it a run directory?'))
+        if need == CONFIG: check_run_config(p/need, option)
         out.append(p)
     return out
 
@@ -207,7 +208,7 @@ def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
     opts = dict(locals())  # the options as given
     from metanb.analysis import AnalysisConfig
     from metanb.hessian import BN_MODES
-    dirs = _check_runs(runs or [], 'config.json')
+    dirs = _check_runs(runs or [], CONFIG)
     require(bool(dirs), 'RUN', 'give at least one run directory')
     given = {o: check_option(o, v) if o in OPTION_FIELDS else v for o in ANALYZE_OPTIONS if (v := opts[o]) is not None}
     require(bn_mode is None or bn_mode in BN_MODES, '--bn_mode', f"must be {' or '.join(map(repr, BN_MODES))}, got {bn_mode!r}")
@@ -216,7 +217,7 @@ def analyze(runs:Param('run directories', str, nargs='+', opt=False)=None,
                          hessian=not no_hessian, trace=trace, device=check_device(device))
     jobs = [Job(str(d), cfg, threads=threads, force=force) for d in dirs]
     ok, missing = run_study(jobs, _executor(kwargs), quiet)
-    for d in ok: say(f"analysis: {d/'analysis'/'summary.csv'}")
+    for d in ok: say(f"analysis: {analysis_file(d, SUMMARY)}")
     require_finished(missing, len(jobs))
 
 def report(runs:Param('run directories (analysed)', str, nargs='+', opt=False)=None,
@@ -225,7 +226,7 @@ def report(runs:Param('run directories (analysed)', str, nargs='+', opt=False)=N
           ):
     "Write figures and report.md (summary and claims tables) for analysed runs, and print where it is."
     from metanb.report import write_report
-    dirs = _check_runs(runs or [], 'analysis')
+    dirs = _check_runs(runs or [], ANALYSIS_DIR)
     require(bool(dirs), 'RUN', 'give at least one analysed run directory')
     if out is not None: check_out(out)
     rep = write_report(dirs, out, title, log=say)
@@ -355,7 +356,7 @@ def _relaunch(nproc:int, cmd:str, argv:list[str], args:dict) -> int:
     require(cmd in ('study', 'train', 'analyze'), '--nproc', f"metanb {cmd} runs in one process")
     require(ranks() == 1, '--nproc', "already running under torchrun: drop --nproc")
     if 'device' in args: check_device(args['device'])
-    if cmd == 'analyze': _check_runs(args['runs'] or [], 'config.json')
+    if cmd == 'analyze': _check_runs(args['runs'] or [], CONFIG)
     else:
         s = resolve_settings(args['preset'], args['data'])
         vs = study_variants(s, args['variants'], args['regularizer']) if cmd == 'study' else [train_variant(args['algorithm'], args['regularizer'])]

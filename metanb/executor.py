@@ -95,9 +95,10 @@ def train_one(s:dict, # the study's settings (`metanb.presets.resolve_settings`)
               variant:str, seed:int, device:str, run_dir:Path, progress:bool):
     "Train (or resume, or find finished) one run of a study."
     from metanb.presets import train_config, check_run_config
+    from metanb.runs import CONFIG
     train, t0 = _trainer(), time.perf_counter()
     say(f"training {run_dir.name}: {variant}, seed {seed}, {s['meta_iters']} iterations -> {run_dir}")
-    if (run_dir/'config.json').is_file(): check_run_config(run_dir/'config.json', '--out')  # a run to resume: its config must be readable
+    if (run_dir/CONFIG).is_file(): check_run_config(run_dir/CONFIG, '--out')  # a run to resume: its config must be readable
     cfg = train_config(s, variant, seed, device)
     r = train(cfg, run_dir, resume=True, progress=progress, data=_load_data(cfg, progress))
     if progress and main_rank(): print(flush=True)  # end the progress bar's line

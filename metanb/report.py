@@ -15,7 +15,7 @@ from .train import checkpoint_steps
 from .analysis import collect
 from .stats import GENERALIZATION, generalization_measure, validate_checkpoints, variant_summary, ci_text
 from .claims import claims_table, study_inputs, learning_curves, overfitting
-from .runs import read_pairwise, analysed_steps
+from .runs import read_pairwise, analysed_steps, CONFIG, ANALYSIS_DIR, SUMMARY
 
 # %% auto #0
 __all__ = ['SUMMARY_MEASURES', 'md_table', 'summary_table', 'check_analysis', 'write_report']
@@ -59,7 +59,7 @@ def _read_table(f:Path) -> pd.DataFrame:
 
 def _expected_steps(run:Path) -> list[int]|None:
     "The checkpoint schedule in the run's config.json (None when it does not say: a run written by hand)."
-    try: c = json.loads((run/'config.json').read_text())
+    try: c = json.loads((run/CONFIG).read_text())
     except (OSError, ValueError): return None
     if not isinstance(c, dict) or not c.get('meta_iters') or not (c.get('ckpt_every') or c.get('ckpt_log')): return None
     return checkpoint_steps(SimpleNamespace(meta_iters=int(c['meta_iters']), ckpt_every=c.get('ckpt_every'), ckpt_log=c.get('ckpt_log')))
@@ -67,10 +67,10 @@ def _expected_steps(run:Path) -> list[int]|None:
 # %% ../nbs/13a_report.ipynb #3992a850
 def check_analysis(run:Path) -> tuple[pd.DataFrame, list[str]]:
     "A run's per-checkpoint table cross-checked against its analysis step folders and its checkpoint schedule: `(table, what is missing)`."
-    a, notes = Path(run)/'analysis', []
+    a, notes = Path(run)/ANALYSIS_DIR, []
     folders = analysed_steps(run)
-    if not folders and not (a/'summary.csv').is_file(): raise FileNotFoundError(f"{run} has nothing analysed (no {a/'summary.csv'}): run `metanb analyze {run}` first")
-    try: summ = _read_table(a/'summary.csv') if (a/'summary.csv').is_file() or not folders else None
+    if not folders and not (a/SUMMARY).is_file(): raise FileNotFoundError(f"{run} has nothing analysed (no {a/SUMMARY}): run `metanb analyze {run}` first")
+    try: summ = _read_table(a/SUMMARY) if (a/SUMMARY).is_file() or not folders else None
     except ValueError as e:
         if not folders: raise
         summ = None; notes.append(f"{run.name}: {e}")

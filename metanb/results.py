@@ -130,8 +130,8 @@ class RunResults:
         self.run_dir = Path(run_dir)
         if not self.run_dir.is_dir(): raise FileNotFoundError(f"run directory {self.run_dir} does not exist")
         self.analysis = self.run_dir/runs.ANALYSIS_DIR
-        self.summary = _read_table(self.analysis/'summary.csv', validate_checkpoints, 'per-checkpoint table')
-        tasks = self.analysis/'tasks.csv'
+        self.summary = _read_table(self.analysis/runs.SUMMARY, validate_checkpoints, 'per-checkpoint table')
+        tasks = self.analysis/runs.TASKS
         self.tasks_table = _read_table(tasks, validate_tasks, 'per-task table') if tasks.exists() else None
         self.steps = sorted(int(s) for s in self.summary['step'].unique())
         self.backend = RunBackend(self.run_dir) if backend is None else backend
@@ -224,7 +224,7 @@ def _fingerprint(self, step:int) -> str:
 def slice_path(self, step:int, tasks:Sequence[int], kind:str) -> Path:
     "Where the slice for (step, tasks, kind) is cached."
     step, tasks = self.check_slice_args(step, tasks, kind)
-    return self.cache_dir/f'step_{step:06d}'/f"{kind}_t{'-'.join(map(str, tasks))}_{self._fingerprint(step)}.npz"
+    return self.cache_dir/runs.step_name(step)/f"{kind}_t{'-'.join(map(str, tasks))}_{self._fingerprint(step)}.npz"
 
 # %% ../nbs/11a_results.ipynb #05f90d4e
 @patch_to(RunResults)

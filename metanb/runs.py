@@ -16,23 +16,24 @@ from .models import Conv4, MLP, ResNet12
 from .tasks import SPLITS, SinusoidTasks, EpisodicTasks, ImageClasses
 
 # %% auto #0
-__all__ = ['CONFIG', 'LOG', 'CKPT_DIR', 'MODELS', 'CKPT_FORMAT', 'ANALYSIS_DIR', 'STEP_FILES', 'TASK_COLUMNS', 'SUMMARY_COLUMNS',
-           'LOCK', 'ckpt_path', 'list_checkpoints', 'versions', 'write_config', 'read_config', 'inner_settings',
-           'register_model', 'model_from_config', 'load_data', 'task_family_from_config', 'meta_test_family',
-           'meta_test_settings', 'variant_label', 'parse_variant', 'run_identity', 'save_checkpoint',
-           'read_checkpoint_file', 'load_checkpoint', 'load_params', 'step_dir', 'analysed_steps', 'write_pairwise',
+__all__ = ['CONFIG', 'LOG', 'CKPT_DIR', 'MODELS', 'CKPT_FORMAT', 'ANALYSIS_DIR', 'TASKS', 'SUMMARY', 'PAIRWISE', 'FRESH',
+           'FRESH_PEAK', 'STEP_FILES', 'TASK_COLUMNS', 'SUMMARY_COLUMNS', 'LOCK', 'step_name', 'ckpt_path',
+           'list_checkpoints', 'versions', 'write_config', 'read_config', 'inner_settings', 'register_model',
+           'model_from_config', 'load_data', 'task_family_from_config', 'meta_test_family', 'meta_test_settings',
+           'variant_label', 'parse_variant', 'run_identity', 'save_checkpoint', 'read_checkpoint_file',
+           'load_checkpoint', 'load_params', 'analysis_file', 'step_dir', 'analysed_steps', 'write_pairwise',
            'read_pairwise', 'read_step_meta', 'analysis_settings', 'RunLock', 'clean_tmp', 'TrainLog', 'read_log']
 
 # %% ../nbs/03a_runs.ipynb #03f51c3b
 CONFIG, LOG, CKPT_DIR = 'config.json', 'train_log.csv', 'checkpoints'
 _CKPT_RE = re.compile(r'^step_(\d+)\.pt$')
 
-def _step_name(step:int) -> str: return f'step_{int(step):06d}'
+def step_name(step:int) -> str: "`step_NNNNNN`: how a step names its checkpoint file and its analysis folder."; return f'step_{int(step):06d}'
 
 def ckpt_path(run_dir:str|Path, step:int) -> Path:
     "Path of the checkpoint of `step` in `run_dir` (`checkpoints/step_NNNNNN.pt`)."
     if step < 0: raise ValueError(f"a checkpoint step must be >= 0, got {step}")
-    return Path(run_dir)/CKPT_DIR/f'{_step_name(step)}.pt'
+    return Path(run_dir)/CKPT_DIR/f'{step_name(step)}.pt'
 
 def list_checkpoints(run_dir:str|Path) -> list[int]:
     "Sorted steps of the checkpoints in `run_dir` (temporary files of interrupted writes are ignored)."
@@ -192,14 +193,20 @@ def load_params(src:str|Path, # a run directory, or one checkpoint file
 
 # %% ../nbs/03a_runs.ipynb #1b902ef8
 ANALYSIS_DIR = 'analysis'
-STEP_FILES = ('tasks.csv', 'summary.csv', 'pairwise.npz')
+TASKS, SUMMARY, PAIRWISE = 'tasks.csv', 'summary.csv', 'pairwise.npz'   # the analysis tables: in each step folder, and merged in analysis/
+FRESH, FRESH_PEAK = 'fresh_tasks.csv', 'fresh_tasks_peak.csv'   # fresh meta-test tasks at the final checkpoint, at the validation peak
+STEP_FILES = (TASKS, SUMMARY, PAIRWISE)
 TASK_COLUMNS = ('run', 'seed', 'step', 'task', 'measure', 'value')   # analysis/tasks.csv: one row per task and measure
 SUMMARY_COLUMNS = ('run', 'seed', 'step', 'measure', 'value', 'ci_low', 'ci_high', 'n')   # analysis/summary.csv: per checkpoint
 _STEP_RE = re.compile(r'^step_(\d+)$')
 
+def analysis_file(run_dir:str|Path, name:str) -> Path:
+    "A run-level analysis file, `analysis/NAME` (`SUMMARY`, `TASKS`, `FRESH`, `FRESH_PEAK`)."
+    return Path(run_dir)/ANALYSIS_DIR/name
+
 def step_dir(run_dir:str|Path, step:int) -> Path:
     "The folder of checkpoint `step`'s analysis: `analysis/step_NNNNNN/`."
-    return Path(run_dir)/ANALYSIS_DIR/_step_name(step)
+    return Path(run_dir)/ANALYSIS_DIR/step_name(step)
 
 def analysed_steps(run_dir:str|Path) -> list[int]:
     "Sorted steps whose analysis folder is complete: `meta.json` (written last) and every file of `STEP_FILES`."
@@ -210,14 +217,14 @@ def analysed_steps(run_dir:str|Path) -> list[int]:
 # %% ../nbs/03a_runs.ipynb #a1a753da
 def write_pairwise(run_dir:str|Path, step:int, tasks:Sequence[int], **matrices:np.ndarray) -> Path:
     "Write a checkpoint's `[n, n]` task-pair matrices (as float64) and their task ids to `analysis/step_NNNNNN/pairwise.npz`, atomically."
-    path = step_dir(run_dir, step)/'pairwise.npz'
+    path = step_dir(run_dir, step)/PAIRWISE
     with atomic_write(path, 'wb') as f:
         np.savez(f, tasks=np.asarray(tasks, 'int64'), **{k: np.asarray(v, 'float64') for k, v in matrices.items()})
     return path
 
 def read_pairwise(run_dir:str|Path, step:int) -> dict[str, np.ndarray]:
     "The pairwise matrices of checkpoint `step` and `tasks`, their task ids (as `write_pairwise` wrote them)."
-    p = step_dir(run_dir, step)/'pairwise.npz'
+    p = step_dir(run_dir, step)/PAIRWISE
     if not p.is_file(): raise FileNotFoundError(f"{p} does not exist: the analysis of step {step} wrote no pairwise matrices (re-run it: `metanb analyze {run_dir} --force`)")
     with np.load(p, allow_pickle=False) as z: return {k: z[k] for k in z.files}
 

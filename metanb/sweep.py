@@ -230,15 +230,16 @@ def _measures_at(ckpt:pd.DataFrame, step:int, fresh:Path, target:str) -> dict:
 def sweep_runs(runs:Sequence[dict]) -> pd.DataFrame:
     "One row per finished run (`{run_dir, point, seed}`): axes, seed, generalization and measures at the final checkpoint and (suffix `_peak`) at the validation peak."
     from metanb.analysis import load_analysis, peak_checkpoint
+    from metanb.runs import analysis_file, FRESH, FRESH_PEAK
     rows = []
     for r in runs:
         d = Path(r['run_dir']); ckpt = load_analysis(d)[1]
         target, sign = _generalization(ckpt)
         final, peak = int(ckpt['step'].max()), peak_checkpoint(d)
         row = dict(run=d.name, **r['point'], seed=r['seed'], target=target, sign=sign, final_step=final, peak_step=peak,
-                   **_measures_at(ckpt, final, d/'analysis'/'fresh_tasks.csv', target))
+                   **_measures_at(ckpt, final, analysis_file(d, FRESH), target))
         if peak is not None and peak in set(ckpt['step']):
-            row |= {f'{k}_peak': v for k, v in _measures_at(ckpt, peak, d/'analysis'/'fresh_tasks_peak.csv', target).items()}
+            row |= {f'{k}_peak': v for k, v in _measures_at(ckpt, peak, analysis_file(d, FRESH_PEAK), target).items()}
         rows.append(row)
     return pd.DataFrame(rows)
 #| export

@@ -13,6 +13,7 @@ from fastcore.basics import patch_to
 from .core import make_generator, atomic_write, write_json, params_of
 from .tasks import TaskBatch, SinusoidTasks
 from .models import MLP, Conv4, MetaBatchNorm
+from . import runs
 
 # %% auto #0
 __all__ = ['tiny_mlp', 'tiny_conv4', 'sinusoid_batch', 'image_batch', 'with_native_bn', 'synthetic_run', 'SyntheticBackend',
@@ -71,16 +72,15 @@ def synthetic_run(run_dir:str|Path, # folder to create (or overwrite)
     "A run directory with synthetic analysis tables and pairwise matrices (for examples and tests)."
     from metanb.stats import synthetic_study
     from metanb.coherence import pairwise_cosine
-    from metanb import runs
     run_dir = Path(run_dir); (run_dir/runs.ANALYSIS_DIR).mkdir(parents=True, exist_ok=True)
     tasks, ckpt = synthetic_study(seeds=(seed,), n_checkpoints=n_checkpoints, last_step=last_step, n_tasks=n_tasks, seed=seed)
     tasks, ckpt = tasks.drop(columns='variant'), ckpt.drop(columns='variant')
-    for name, df in (('tasks.csv', tasks), ('summary.csv', ckpt)):
+    for name, df in ((runs.TASKS, tasks), (runs.SUMMARY, ckpt)):
         with atomic_write(run_dir/runs.ANALYSIS_DIR/name, 'w') as f: df.to_csv(f, index=False)
     for step, c in ckpt[ckpt.measure == 'traj_coherence'].set_index('step')['value'].items():
         D = torch.from_numpy(_unit_directions(seed, step, n_tasks, 64, c))
         runs.write_pairwise(run_dir, step, range(n_tasks), traj_cosine=pairwise_cosine(D).numpy())
-    write_json(run_dir/'config.json', dict(synthetic=True, seed=seed, n_tasks=n_tasks))
+    write_json(run_dir/runs.CONFIG, dict(synthetic=True, seed=seed, n_tasks=n_tasks))
     return run_dir
 
 # %% ../nbs/02a_testutils.ipynb #0f016ede
@@ -88,10 +88,10 @@ class SyntheticBackend:
     "Closed-form landscapes for a `synthetic_run`: task t's loss is a bowl $\\tfrac12 c\\|\\theta-\\theta_t\\|^2 + L_0$."
     def __init__(self, run_dir:str|Path, res:int=21, # grid points per axis
                  dim:int=64, delay:float=0.0): # seconds of pretend work per task (to watch the progress bar)
-        run_dir = Path(run_dir); cfg = json.loads((run_dir/'config.json').read_text())
+        run_dir = Path(run_dir); cfg = runs.read_config(run_dir)
         if not cfg.get('synthetic'): raise ValueError(f"{run_dir} is not a synthetic run (made by synthetic_run)")
         self.seed, self.n_tasks, self.res, self.dim, self.delay = cfg['seed'], cfg['n_tasks'], res, dim, delay
-        self.m = pd.read_csv(run_dir/'analysis'/'summary.csv').pivot_table(index='step', columns='measure', values='value')
+        self.m = pd.read_csv(runs.analysis_file(run_dir, runs.SUMMARY)).pivot_table(index='step', columns='measure', values='value')
         self.key, self.calls = f'synthetic-r{res}-d{dim}', []
 
     def _geometry(self, step:int):
@@ -146,8 +146,8 @@ def tiny_analysed_run(run_dir:str|Path) -> tuple[Path, nn.Module, SinusoidTasks]
     class F64(SinusoidTasks):
         def batch(self, idx): return super().batch(idx).to(torch.float64)
     net, fam, run_dir = tiny_mlp(dtype=torch.float64), F64(5, 10, seed=1), Path(run_dir)
-    (run_dir/'checkpoints').mkdir(parents=True); write_json(run_dir/'config.json', dict(seed=0))
+    write_json(run_dir/runs.CONFIG, dict(seed=0))
     for st, scale in ((0, 1.0), (10, 1.1)):
-        torch.save({k: v * scale for k, v in params_of(net, detach=True).items()}, run_dir/'checkpoints'/f'step_{st:06d}.pt')
+        runs.save_checkpoint(run_dir, st, {k: v * scale for k, v in params_of(net, detach=True).items()})
     analyse_run(run_dir, AnalysisConfig(n_tasks=4, steps=3, lr=0.02, hessian=False, n_boot=50), model=net, family=fam, progress=False, log=None)
     return run_dir, net, fam
